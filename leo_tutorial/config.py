@@ -1,0 +1,142 @@
+"""Hyper-parameters of LEO and of its meta-training, with the paper's presets.
+
+`LEOConfig` holds what the official code calls the inner and outer configs (LEO_SPEC §4.1);
+`TrainConfig` holds the episode shape and the schedule of one meta-training run. Presets are the
+official defaults and the four tuned settings of the official README (LEO_SPEC §4.2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class LEOConfig:
+    """Model and outer-loop hyper-parameters (defaults = official ``config.py``, LEO_SPEC §4.1).
+
+    The last four fields switch on the paper's ablations (LEO_SPEC §4.4) and implementation
+    choices that do not change the maths.
+    """
+
+    num_latents: int = 64  # Z, size of each latent code z_n
+    inner_unroll_length: int = 5  # latent-space adaptation steps (0 = conditional generator only)
+    finetuning_unroll_length: int = 5  # parameter-space fine-tuning steps (0 = no fine-tuning)
+    inner_lr_init: float = 1.0  # initial alpha, learned per latent dimension
+    finetuning_lr_init: float = 0.001  # initial eta, learned per embedding dimension
+    dropout_rate: float = 0.5  # on the embeddings, meta-training only
+    kl_weight: float = 1e-3  # beta
+    encoder_penalty_weight: float = 1e-9  # gamma
+    l2_penalty_weight: float = 1e-8  # lambda_1
+    orthogonality_penalty_weight: float = 1e-3  # lambda_2
+    outer_lr: float = 1e-4  # Adam learning rate
+    gradient_threshold: float = 0.1  # per-element clipping; <= 0 switches it off
+    gradient_norm_threshold: float = 0.1  # per-tensor norm clipping; <= 0 switches it off
+    deterministic: bool = False  # ablation: use means instead of samples while meta-training
+    random_prior: bool = False  # ablation: z ~ N(0, I) instead of the data-conditioned encoder
+    first_order: bool = False  # drop second-order terms of the inner loops (not the paper's LEO)
+    inner_gradient: str = "analytic"  # "analytic" (fast, exact) or "autograd" (reference)
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise UserError(message)
+
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float):
+                need(math.isfinite(value), f"{f.name} = {value} is not a finite number")
+        need(self.num_latents >= 1, f"num_latents must be >= 1, got {self.num_latents}")
+        need(self.inner_unroll_length >= 0, "inner_unroll_length must be >= 0")
+        need(self.finetuning_unroll_length >= 0, "finetuning_unroll_length must be >= 0")
+        need(0.0 <= self.dropout_rate < 1.0,
+             f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        need(self.outer_lr > 0, f"outer_lr must be > 0, got {self.outer_lr}")
+        for name in ("kl_weight", "encoder_penalty_weight", "l2_penalty_weight",
+                     "orthogonality_penalty_weight"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        need(self.inner_gradient in ("analytic", "autograd"),
+             f"inner_gradient must be 'analytic' or 'autograd', got {self.inner_gradient!r}")
+
+    def replace(self, **changes: Any) -> LEOConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Episode shape and schedule of a meta-training run (official values where they exist)."""
+
+    n_way: int = 5
+    k_shot: int = 1
+    n_query: int = 15  # query examples per class in meta-training tasks (official V = 15)
+    eval_n_query: int | None = None  # per class at meta-val/test; None = every remaining image
+    batch_size: int = 12  # tasks per meta-step (official metatrain_batch_size)
+    steps: int = 2000  # meta-steps (official num_steps_limit = 100 000)
+    val_every: int = 200  # official: every 1 000 steps, including step 0
+    val_tasks: int = 500  # official: 2 000
+    test_tasks: int = 2000  # official: 10 000
+    eval_batch_size: int = 50  # tasks per evaluation batch (memory, not maths)
+    seed: int = 0
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name in ("n_way", "k_shot", "n_query", "batch_size", "val_every", "val_tasks",
+                     "test_tasks", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_way < 2:
+            raise UserError(f"n_way must be >= 2 (a task needs two classes), got {self.n_way}")
+        if self.steps < 0:
+            raise UserError(f"steps must be >= 0, got {self.steps}")
+        if self.eval_n_query is not None and self.eval_n_query < 1:
+            raise UserError(f"eval_n_query must be >= 1 or None, got {self.eval_n_query}")
+        if self.dtype not in ("float32", "float64"):
+            raise UserError(f"dtype must be float32 or float64, got {self.dtype!r}")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# The official README's tuned hyper-parameters (LEO_SPEC §4.2); everything else at the defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "mini-1shot": dict(outer_lr=2.739071e-4, l2_penalty_weight=3.623413e-10,
+                       orthogonality_penalty_weight=0.188103, dropout_rate=0.307651,
+                       kl_weight=0.756143, encoder_penalty_weight=5.756821e-6),
+    "mini-5shot": dict(outer_lr=4.102361e-4, l2_penalty_weight=8.540338e-9,
+                       orthogonality_penalty_weight=1.523998e-3, dropout_rate=0.300299,
+                       kl_weight=0.466387, encoder_penalty_weight=2.661608e-7),
+    "tiered-1shot": dict(outer_lr=8.659053e-4, l2_penalty_weight=4.148858e-10,
+                         orthogonality_penalty_weight=5.451078e-3, dropout_rate=0.475126,
+                         kl_weight=2.034189e-3, encoder_penalty_weight=8.302962e-5),
+    "tiered-5shot": dict(outer_lr=6.110314e-4, l2_penalty_weight=1.690399e-10,
+                         orthogonality_penalty_weight=2.481216e-2, dropout_rate=0.415158,
+                         kl_weight=1.622811, encoder_penalty_weight=2.672450e-5),
+}
+
+
+def preset(name: str, **overrides: Any) -> LEOConfig:
+    """The named preset (``default`` = official defaults) with ``overrides`` applied."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return LEOConfig(**{**PRESETS[name], **overrides})
+
+
+def config_to_dict(config: LEOConfig | TrainConfig) -> dict[str, Any]:
+    """Plain dict for JSON."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Inverse of :func:`config_to_dict`; unknown keys are an error that names them."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"unknown {cls.__name__} fields {unknown}; the run was written by a "
+                        "different version of leo-tutorial")
+    return cls(**values)
