@@ -123,12 +123,12 @@ class LEO(nn.Module):
             nn.Linear(2 * z, 2 * z, bias=False),
         )
         self.g_d = nn.Linear(z, 2 * d, bias=False)
-        self.inner_lr = nn.Parameter(torch.full((z,), float(config.inner_lr_init)))
-        self.finetune_lr = nn.Parameter(torch.full((d,), float(config.finetuning_lr_init)))
+        self.inner_lr = nn.Parameter(torch.full((z,), config.inner_lr_init, dtype=dtype))
+        self.finetune_lr = nn.Parameter(torch.full((d,), config.finetuning_lr_init, dtype=dtype))
+        self.to(dtype)
         for weight in self.weights():
             nn.init.xavier_uniform_(weight)
         self.decoder_stddev_offset = math.sqrt(2.0 / (embedding_dim + n_way))
-        self.to(dtype)
 
     # ----------------------------------------------------------------------------- helpers
     def weights(self) -> list[Tensor]:
