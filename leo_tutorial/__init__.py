@@ -1,4 +1,5 @@
-"""leo-tutorial: a faithful, batched PyTorch LEO (Rusu et al., ICLR 2019) for learning and teaching."""
+"""leo-tutorial: a faithful, batched PyTorch LEO (Rusu et al., ICLR 2019) for learning and teaching.
+"""
 
 from .config import PRESETS, LEOConfig, TrainConfig, preset
 from .errors import UserError

@@ -187,7 +187,7 @@ def _meta_loss_fn(model, batch, seed=0):
 
     def f(*params):
         torch.manual_seed(seed)
-        out = torch.func.functional_call(model, dict(zip(names, params)), (batch,))
+        out = torch.func.functional_call(model, dict(zip(names, params, strict=True)), (batch,))
         return out.loss
     return f, tuple(p.detach().clone().requires_grad_() for p in model.parameters())
 
@@ -216,7 +216,7 @@ def test_analytic_and_autograd_inner_gradients_agree():
         out = model(batch)
         results[mode] = (out.loss, torch.autograd.grad(out.loss, list(model.parameters())))
     torch.testing.assert_close(results["analytic"][0], results["autograd"][0])
-    for a, b in zip(results["analytic"][1], results["autograd"][1]):
+    for a, b in zip(results["analytic"][1], results["autograd"][1], strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -229,7 +229,7 @@ def test_meta_gradient_is_second_order_and_reaches_every_parameter():
         torch.manual_seed(0)
         grads[first_order] = dict(zip(
             [n for n, _ in model.named_parameters()],
-            torch.autograd.grad(model(batch).loss, list(model.parameters()))))
+            torch.autograd.grad(model(batch).loss, list(model.parameters())), strict=True))
     for name, g in grads[False].items():
         assert g.abs().sum() > 0, f"no meta-gradient reaches {name}"
     # Dropping the second-order terms changes the meta-gradient of the decoder and of alpha.
@@ -246,7 +246,7 @@ def test_support_losses_do_not_leak_into_the_meta_gradient():
     assert all(p.grad is None for p in model.parameters())
     expected = torch.autograd.grad(out.loss, list(model.parameters()), retain_graph=True)
     out.loss.backward()
-    for p, g in zip(model.parameters(), expected):
+    for p, g in zip(model.parameters(), expected, strict=True):
         torch.testing.assert_close(p.grad, g)
 
 
