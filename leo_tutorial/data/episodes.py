@@ -164,7 +164,7 @@ class EpisodeSampler:
                     f"{self.k_shot}-shot tasks leave no query images: the smallest class has "
                     f"{min_images} images; use fewer shots"
                 )
-        self.n_query = _check_count("n_query", n_query, "--query")
+        self.n_query = _check_count("n_query", n_query, "--queries")
         if self.k_shot + self.n_query > min_images:
             raise UserError(
                 f"{self.k_shot} shots + {self.n_query} queries per class need "
