@@ -1,0 +1,245 @@
+"""The ``leo-tutorial`` command: train, evaluate and inspect LEO runs.
+
+    leo-tutorial train --data synthetic --way 5 --shot 1 --out runs/demo
+    leo-tutorial evaluate runs/demo --split test --tasks 2000 --json
+    leo-tutorial info runs/demo
+
+A mistake the user can fix ends the command with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import PRESETS, LEOConfig, TrainConfig, preset
+from .data.leo_pickles import CROPS, DATASETS
+from .data.sources import SOURCES, leo_pickles_spec, load_bank, synthetic_spec
+from .data.synthetic import SyntheticConfig, bayes_accuracy
+from .errors import UserError
+
+# Model hyper-parameters exposed as --flags (every LEOConfig field), with their help text.
+_LEO_HELP = {
+    "num_latents": "latent code size Z",
+    "inner_unroll_length": "latent adaptation steps (0 = conditional generator only)",
+    "finetuning_unroll_length": "fine-tuning steps on the weights (0 = none)",
+    "inner_lr_init": "initial inner learning rate alpha",
+    "finetuning_lr_init": "initial fine-tuning learning rate eta",
+    "dropout_rate": "dropout on embeddings while meta-training",
+    "kl_weight": "beta, weight of the KL term",
+    "encoder_penalty_weight": "gamma, weight of the encoder penalty",
+    "l2_penalty_weight": "lambda_1, L2 on the weights",
+    "orthogonality_penalty_weight": "lambda_2, decoder orthogonality",
+    "outer_lr": "Adam learning rate",
+    "gradient_threshold": "per-element gradient clipping (<= 0: off)",
+    "gradient_norm_threshold": "per-tensor gradient-norm clipping (<= 0: off)",
+    "deterministic": "ablation: means instead of samples while meta-training",
+    "random_prior": "ablation: z ~ N(0, I) instead of the encoder",
+    "first_order": "drop second-order terms of the inner loops",
+    "inner_gradient": "how inner-loop gradients are computed: analytic or autograd",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="meta-train LEO, select on meta-val, report meta-test",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--data", choices=SOURCES, default="synthetic",
+                      help="embeddings: built-in synthetic, or the official LEO pickles")
+    data.add_argument("--data-dir", type=Path, help="folder holding the official embeddings "
+                      "(<data-dir>/<dataset>/<crop>/<split>_embeddings.pkl)")
+    data.add_argument("--dataset", choices=DATASETS, default="miniImageNet")
+    data.add_argument("--crop", choices=CROPS, default="center")
+    data.add_argument("--train-on-val", action="store_true",
+                      help="add the meta-val classes to meta-train (the paper's final protocol)")
+    data.add_argument("--synthetic-seed", type=_positive_int, default=0,
+                      help="seed of the synthetic generator")
+    task = p.add_argument_group("tasks and schedule")
+    d = TrainConfig()
+    task.add_argument("--way", type=_positive_int, default=d.n_way, help="N classes per task")
+    task.add_argument("--shot", type=_positive_int, default=d.k_shot, help="K examples per class")
+    task.add_argument("--queries", type=_positive_int, default=d.n_query,
+                      help="query examples per class in meta-training tasks")
+    task.add_argument("--eval-queries", type=_positive_int, default=None,
+                      help="queries per class at meta-val/test (default: every remaining image)")
+    task.add_argument("--steps", type=_positive_int, default=d.steps, help="meta-training steps")
+    task.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
+                      help="tasks per meta-step")
+    task.add_argument("--val-every", type=_positive_int, default=d.val_every)
+    task.add_argument("--val-tasks", type=_positive_int, default=d.val_tasks)
+    task.add_argument("--test-tasks", type=_positive_int, default=d.test_tasks)
+    task.add_argument("--seed", type=_positive_int, default=d.seed)
+    task.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
+    model = p.add_argument_group("model (defaults: the preset's values)")
+    model.add_argument("--preset", choices=tuple(PRESETS), default="default",
+                       help="official defaults or the paper's tuned settings")
+    for f in dataclasses.fields(LEOConfig):
+        if f.type in ("bool", bool):
+            model.add_argument(_flag(f.name), action="store_true", default=None,
+                               help=_LEO_HELP[f.name])
+        elif f.name == "inner_gradient":
+            model.add_argument(_flag(f.name), choices=("analytic", "autograd"),
+                               help=_LEO_HELP[f.name])
+        else:
+            kind = _positive_int if f.type in ("int", int) else _number
+            model.add_argument(_flag(f.name), type=kind, help=_LEO_HELP[f.name])
+    run = p.add_argument_group("run")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    run.add_argument("--out", type=Path, required=True, help="run directory")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(LEOConfig)
+                 if getattr(args, f.name) is not None}
+    leo_config = preset(args.preset, **overrides)
+    train_config = TrainConfig(n_way=args.way, k_shot=args.shot, n_query=args.queries,
+                               eval_n_query=args.eval_queries, batch_size=args.batch_size,
+                               steps=args.steps, val_every=args.val_every,
+                               val_tasks=args.val_tasks, test_tasks=args.test_tasks,
+                               seed=args.seed, dtype=args.dtype)
+    if args.data == "leo-pickles":
+        if args.data_dir is None:
+            raise UserError("--data leo-pickles needs --data-dir DIR, the folder that holds "
+                            f"{args.dataset}/{args.crop}/train_embeddings.pkl")
+        spec = leo_pickles_spec(args.data_dir, args.dataset, args.crop, args.train_on_val)
+    else:
+        spec = synthetic_spec(SyntheticConfig(seed=args.synthetic_seed))
+    bank = load_bank(spec)
+    result = train(leo_config, train_config, bank, args.out, data_spec=spec, device=args.device,
+                   resume=args.resume, progress=not args.no_progress)
+    print(f"best meta-val accuracy {100 * result.best_val_accuracy:.2f}% at step "
+          f"{result.best_step}")
+    print(result.test)
+    if args.data == "synthetic":
+        bayes, ci = bayes_accuracy(SyntheticConfig(seed=args.synthetic_seed), args.way, args.shot)
+        print(f"Bayes-optimal accuracy of the synthetic generator: {100 * bayes:.2f}% "
+              f"+- {100 * ci:.2f}%")
+    print(f"run saved in {result.run_dir} ({result.seconds:.0f} s)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .training import TEST, VAL, evaluate, load_run, resolve_device
+
+    model, record = load_run(args.run_dir, resolve_device(args.device))
+    train_config = TrainConfig(**record["train_config"])
+    bank = load_bank(record["data"])
+    result = evaluate(model, bank.split(args.split), n_way=train_config.n_way,
+                      k_shot=train_config.k_shot,
+                      n_query=args.queries if args.queries else train_config.eval_n_query,
+                      tasks=args.tasks, batch_size=train_config.eval_batch_size,
+                      seed=[train_config.seed, TEST if args.split == "test" else VAL],
+                      split_name=args.split, progress=not args.json)
+    if args.json:
+        print(json.dumps({**result.to_dict(), "run_dir": str(args.run_dir)}))
+    else:
+        print(result)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .training import read_json
+
+    run_dir: Path = args.run_dir
+    record = read_json(run_dir / "run.json", "run record")
+    metrics = read_json(run_dir / "metrics.json", "metrics history") \
+        if (run_dir / "metrics.json").exists() else {"val": [], "train": [], "skipped": []}
+    val = metrics.get("val", [])
+    best = max(val, key=lambda h: h["accuracy"]) if val else None
+    test = read_json(run_dir / "test.json", "test result") \
+        if (run_dir / "test.json").exists() else None
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir), "data": record["data"], "embedding_dim": record["embedding_dim"],
+        "train_config": record["train_config"], "leo_config": record["leo_config"],
+        "steps_done": max([h["step"] for h in val] + [0]),
+        "best_val_accuracy": best["accuracy"] if best else None,
+        "best_val_step": best["step"] if best else None,
+        "skipped_steps": len(metrics.get("skipped", [])), "test": test}
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    tc = record["train_config"]
+    source = record["data"].get("source")
+    print(f"run {run_dir}: {tc['n_way']}-way {tc['k_shot']}-shot on {source} "
+          f"({record['embedding_dim']}-d embeddings)")
+    for name, section in (("training", tc), ("model", record["leo_config"])):
+        print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in section.items()))
+    if best:
+        print(f"best meta-val accuracy {100 * best['accuracy']:.2f}% +- "
+              f"{100 * best['ci95']:.2f}% at step {best['step']} "
+              f"(validated up to step {summary['steps_done']})")
+    else:
+        print("not validated yet")
+    if test:
+        print(f"meta-test accuracy {100 * test['accuracy']:.2f}% +- {100 * test['ci95']:.2f}% "
+              f"over {test['tasks']} tasks")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leo-tutorial", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    p = sub.add_parser("evaluate", help="accuracy of a run's best model with a 95%% CI")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--tasks", type=_positive_int, default=2000)
+    p.add_argument("--queries", type=_positive_int, default=None,
+                   help="queries per class (default: the run's evaluation setting)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = sub.add_parser("info", help="a run's configuration and best validation accuracy")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = {"train": _train, "evaluate": _evaluate, "info": _info}[args.command]
+    try:
+        return command(args)
+    except UserError as e:
+        print(f"leo-tutorial {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"leo-tutorial {args.command}: interrupted; a train run continues with the same "
+              "command plus --resume", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"leo-tutorial {args.command}: error: {e.strerror or e}: "
+              f"{e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
