@@ -96,8 +96,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     task.add_argument("--seed", type=_positive_int, default=d.seed)
     task.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
     model = p.add_argument_group("model (defaults: the preset's values)")
-    model.add_argument("--preset", choices=tuple(PRESETS), default="default",
-                       help="official defaults or the paper's tuned settings")
+    model.add_argument("--preset", choices=("auto", *PRESETS), default="auto",
+                       help="official defaults, the paper's tuned settings, or ours for "
+                       "synthetic data; auto = the tuned preset matching --data/--dataset/--shot")
     for f in dataclasses.fields(LEOConfig):
         if f.type in ("bool", bool):
             model.add_argument(_flag(f.name), action="store_true", default=None,
@@ -115,12 +116,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def auto_preset(name: str, data: str, dataset: str, way: int, shot: int) -> str:
+    """``auto``: ``synthetic`` for synthetic data, the paper's tuned setting for 5-way 1/5-shot
+    on the official embeddings, the official defaults otherwise."""
+    if name != "auto":
+        return name
+    if data == "synthetic":
+        return "synthetic"
+    tuned = f"{'mini' if dataset == 'miniImageNet' else 'tiered'}-{shot}shot"
+    return tuned if way == 5 and tuned in PRESETS else "default"
+
+
 def _train(args: argparse.Namespace) -> int:
     from .training import train
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(LEOConfig)
                  if getattr(args, f.name) is not None}
-    leo_config = preset(args.preset, **overrides)
+    leo_config = preset(auto_preset(args.preset, args.data, args.dataset, args.way, args.shot),
+                        **overrides)
     train_config = TrainConfig(n_way=args.way, k_shot=args.shot, n_query=args.queries,
                                eval_n_query=args.eval_queries, batch_size=args.batch_size,
                                steps=args.steps, val_every=args.val_every,
@@ -205,8 +218,15 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leo-tutorial", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="leo-tutorial", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     p = sub.add_parser("evaluate", help="accuracy of a run's best model with a 95%% CI")

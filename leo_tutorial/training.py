@@ -38,7 +38,7 @@ from .io import atomic_torch_save, atomic_write_json
 from .model import LEO
 
 RUN_FORMAT = 1
-TRAIN, VAL, TEST, TORCH = 0, 1, 2, 3  # seed purposes
+TRAIN, VAL, TEST, TORCH, INIT = 0, 1, 2, 3, 4  # seed purposes
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -249,6 +249,7 @@ def train(leo_config: LEOConfig, train_config: TrainConfig, bank: FeatureBank,
     train_sampler = EpisodeSampler(bank.split("train"), tc.n_way, tc.k_shot, tc.n_query)
     val_split = bank.split("val")
     EpisodeSampler(val_split, tc.n_way, tc.k_shot, tc.eval_n_query)  # validate shapes early
+    torch.manual_seed(step_seed(tc.seed, INIT, 0))
     model = build_model(record, device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=leo_config.outer_lr)
     history: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "skipped": []}
