@@ -4,6 +4,8 @@
 from .config import PRESETS, LEOConfig, TrainConfig, preset
 from .errors import UserError
 from .model import LEO, LEOOutput
+from .viz import setup_notebook
 
 __version__ = "0.1.0"
-__all__ = ["LEO", "LEOConfig", "LEOOutput", "PRESETS", "TrainConfig", "UserError", "preset"]
+__all__ = ["LEO", "LEOConfig", "LEOOutput", "PRESETS", "TrainConfig", "UserError", "preset",
+           "setup_notebook"]
