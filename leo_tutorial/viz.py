@@ -48,3 +48,99 @@ def setup_notebook(seed: int = 0) -> None:
         set_matplotlib_formats("png")
     except ImportError:  # outside IPython
         pass
+
+
+def leo_vs_maml_schematic(axes=None):
+    """Schematic "LEO vs MAML in one figure" (notebook 00): returns the two Axes.
+
+    Left: MAML adapts one shared initialisation theta by gradient steps in the high-dimensional
+    parameter space, the same start for every task. Right: LEO encodes the support set into
+    per-class latent codes z_n (a task-specific start), takes gradient steps in the small latent
+    space (z_n -> z'_n) and decodes them into classifier weights w_n.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(12.5, 4.8), gridspec_kw={"width_ratios": [1, 1.6]})
+    left, right = axes
+    rng = np.random.default_rng(3)
+
+    def box(ax, x, y, w, h, label, color):
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.01,rounding_size=0.03",
+                                    facecolor=color, alpha=0.12, edgecolor=color, lw=1.5))
+        ax.text(x + w / 2, y + h + 0.02, label, ha="center", va="bottom", fontsize=9)
+
+    def arrow(ax, start, end, color, lw=1.2, style="-|>", scale=8):
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle=style, mutation_scale=scale,
+                                     color=color, lw=lw, shrinkA=0, shrinkB=0))
+
+    def steps(ax, start, end, color, n=4):
+        # a slightly wiggly chain of n gradient steps from start to end
+        pts = np.linspace(start, end, n + 1)
+        pts[1:-1] += rng.normal(0, 0.012, pts[1:-1].shape)
+        for a, b in zip(pts[:-1], pts[1:], strict=True):
+            arrow(ax, a, b, color)
+
+    # ---- MAML
+    box(left, 0.05, 0.08, 0.9, 0.74, r"parameter space $\Theta \subset \mathbb{R}^{N \cdot D}$"
+        "\n(5-way, D = 640: 3 200 dimensions)", "#7f7f7f")
+    theta = np.array([0.5, 0.45])
+    left.plot(*theta, marker="*", ms=16, color="black", zorder=5)
+    left.annotate(r"shared $\theta$" "\n(same start for every task)", theta, (0.5, 0.18),
+                  ha="center", fontsize=9, arrowprops=dict(arrowstyle="-", color="0.4", lw=0.8))
+    ends = [(0.18, 0.68), (0.84, 0.66), (0.83, 0.22)]
+    for i, end in enumerate(ends):
+        steps(left, theta, np.array(end), PALETTE[i])
+        left.plot(*end, "o", color=PALETTE[i], ms=7)
+        left.text(end[0], end[1] + 0.04, rf"$\theta'_{i + 1}$ (task {i + 1})", ha="center",
+                  fontsize=9, color=PALETTE[i])
+    left.text(0.5, 0.02, "1 example per class, 3 200 numbers to move per task",
+              ha="center", fontsize=9)
+    left.set_title("MAML: adapt one shared $\\theta$ in the high-dimensional\n"
+                   r"parameter space, $\theta' = \theta - \alpha \nabla_\theta \mathcal{L}^{tr}$",
+                   fontsize=10)
+
+    # ---- LEO
+    box(right, 0.02, 0.2, 0.22, 0.6, "support set $D^{tr}$\n(N x K embeddings $x$)", "#7f7f7f")
+    box(right, 0.37, 0.3, 0.24, 0.4, r"latent space $\mathbb{R}^{Z}$ (Z = 64)" "\nper class",
+        PALETTE[2])
+    box(right, 0.76, 0.2, 0.22, 0.6, r"weights $w_n \in \mathbb{R}^{D}$" "\n(D = 640) per class",
+        "#7f7f7f")
+    for n in range(3):
+        c = PALETTE[n]
+        y = 0.68 - 0.18 * n
+        right.plot(0.07 + 0.05 * rng.random(2), y + rng.normal(0, 0.02, 2), "o", color=c, ms=6)
+        z = np.array([0.42 + 0.04 * n, 0.62 - 0.11 * n])
+        z_prime = z + np.array([0.1, 0.02 * (1 - n)])
+        right.plot(*z, "o", color=c, ms=7)
+        steps(right, z, z_prime, c, n=3)
+        right.plot(*z_prime, "s", color=c, ms=7)
+        right.text(*(z + [-0.035, 0.0]), f"$z_{n + 1}$", color=c, fontsize=9, ha="right",
+                   va="center")
+        right.text(*(z_prime + [0.015, 0.0]), f"$z'_{n + 1}$", color=c, fontsize=9,
+                   va="center")
+        right.plot([0.8, 0.94], [y, y], color=c, lw=4, solid_capstyle="round")
+        right.text(0.87, y - 0.055, f"$w_{n + 1}$", color=c, fontsize=9, ha="center")
+    arrow(right, (0.25, 0.5), (0.36, 0.5), "black", lw=1.5, scale=14)
+    right.text(0.305, 0.53, "encoder $g_e$\n+ relation\nnet $g_r$", ha="center", va="bottom",
+               fontsize=8)
+    arrow(right, (0.62, 0.5), (0.75, 0.5), "black", lw=1.5, scale=14)
+    right.text(0.685, 0.53, "decoder $g_d$", ha="center", va="bottom", fontsize=8)
+    right.text(0.49, 0.24, "gradient steps in z:\n" r"$z' = z - \alpha \nabla_z \mathcal{L}^{tr}$",
+               ha="center", va="top", fontsize=9)
+    right.text(0.5, 0.02, "the start $z_n$ depends on the task's data; each step decodes "
+               "$z \\to w$ and scores the support set", ha="center", fontsize=9)
+    right.set_title("LEO: encode the support set into a low-dimensional latent code per class,\n"
+                    "adapt there, decode into classifier weights", fontsize=10)
+    for ax in axes:
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("auto")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        for side in ("left", "bottom", "top", "right"):
+            ax.spines[side].set_visible(False)
+    left.figure.suptitle("LEO vs MAML in one figure", fontsize=12, fontweight="bold")
+    return axes
