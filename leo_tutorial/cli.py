@@ -86,7 +86,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     task.add_argument("--queries", type=_positive_int, default=d.n_query,
                       help="query examples per class in meta-training tasks")
     task.add_argument("--eval-queries", type=_positive_int, default=None,
-                      help="queries per class at meta-val/test (default: every remaining image)")
+                      help="queries per class at meta-val/test; None = every remaining image "
+                      "(official: 600 - K)")
     task.add_argument("--steps", type=_positive_int, default=d.steps, help="meta-training steps")
     task.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
                       help="tasks per meta-step")
@@ -100,15 +101,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        help="official defaults, the paper's tuned settings, or ours for "
                        "synthetic data; auto = the tuned preset matching --data/--dataset/--shot")
     for f in dataclasses.fields(LEOConfig):
+        # default=SUPPRESS: a flag not given leaves the preset's value (and --help says so).
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _LEO_HELP[f.name]}
         if f.type in ("bool", bool):
-            model.add_argument(_flag(f.name), action="store_true", default=None,
-                               help=_LEO_HELP[f.name])
+            model.add_argument(_flag(f.name), action="store_true", **kw)
         elif f.name == "inner_gradient":
-            model.add_argument(_flag(f.name), choices=("analytic", "autograd"),
-                               help=_LEO_HELP[f.name])
+            model.add_argument(_flag(f.name), choices=("analytic", "autograd"), **kw)
         else:
             kind = _positive_int if f.type in ("int", int) else _number
-            model.add_argument(_flag(f.name), type=kind, help=_LEO_HELP[f.name])
+            model.add_argument(_flag(f.name), type=kind, **kw)
     run = p.add_argument_group("run")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument("--out", type=Path, required=True, help="run directory")
@@ -131,7 +132,7 @@ def _train(args: argparse.Namespace) -> int:
     from .training import train
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(LEOConfig)
-                 if getattr(args, f.name) is not None}
+                 if hasattr(args, f.name)}
     leo_config = preset(auto_preset(args.preset, args.data, args.dataset, args.way, args.shot),
                         **overrides)
     train_config = TrainConfig(n_way=args.way, k_shot=args.shot, n_query=args.queries,
