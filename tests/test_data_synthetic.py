@@ -75,6 +75,14 @@ def test_bayes_accuracy_range_and_monotone():
     assert bayes_accuracy(cfg, 2, 1, n_tasks=1000)[0] > acc1  # fewer ways -> easier
 
 
+def test_dropping_the_bias_term_costs_accuracy_on_the_same_tasks():
+    cfg = SyntheticConfig()
+    for k in (1, 5):
+        bayes, _ = bayes_accuracy(cfg, 5, k, n_tasks=1000)
+        no_bias, _ = bayes_accuracy(cfg, 5, k, n_tasks=1000, bias=False)
+        assert bayes - 0.08 < no_bias < bayes - 0.005  # same tasks (same seed): a paired gap
+
+
 def nearest_centroid_accuracy(split, n_way, k_shot, n_tasks, seed):
     sampler = EpisodeSampler(split, n_way, k_shot, n_query=15)
     batch = sampler.sample(n_tasks, seed)
