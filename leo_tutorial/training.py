@@ -309,7 +309,7 @@ def train(leo_config: LEOConfig, train_config: TrainConfig, bank: FeatureBank,
             out, applied = meta_step(model, optimizer, batch)
             done = step + 1
             if not applied:
-                history["skipped"].append({"step": step, "loss": float(out.loss)})
+                history["skipped"].append({"step": step, "loss": out.loss.item()})
                 log(f"step {step}: non-finite meta-loss or gradient; update skipped")
             window.append((out.query_loss.mean().item(), out.query_accuracy.mean().item()))
             if len(window) == min(50, tc.val_every) or done == tc.steps:
