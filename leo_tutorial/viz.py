@@ -45,7 +45,7 @@ def setup_notebook(seed: int = 0) -> None:
     try:  # inline PNG (not retina/SVG) so committed notebooks stay small and stable
         from matplotlib_inline.backend_inline import set_matplotlib_formats
 
-        set_matplotlib_formats("png")
+        set_matplotlib_formats("png", metadata={"Software": None})  # no version in the PNGs
     except ImportError:  # outside IPython
         pass
 
