@@ -80,7 +80,7 @@ def cross_entropy_grad(logits: Tensor, labels: Tensor) -> Tensor:
     Written with differentiable operations, so autograd can take its derivative again
     (second-order meta-gradients without double backward).
     """
-    onehot = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+    onehot = torch.zeros_like(logits).scatter_(-1, labels.unsqueeze(-1), 1.0)  # no sync
     return torch.softmax(logits, dim=-1) - onehot
 
 
