@@ -54,11 +54,12 @@ def inverted_dropout(x: Tensor, rate: float) -> Tensor:
         return x
     n = x.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
-    bits = words.random_(-(2**63), None).view(torch.int16)[:n].view(x.shape)  # uniform int16
+    bits = words.random_(-(2**63), None).view(torch.int16)  # uniform int16, n rounded up to 4
     # keep = 1.0 where bits >= dropped - 2**15, else 0.0: bits are integers, so clamping
     # bits - (threshold - 1) to [0, 1] gives exactly 0 or 1 (faster than a bool mask on CPU).
-    keep = (bits.to(x.dtype) - (dropped - DROPOUT_LEVELS // 2 - 1)).clamp_(0, 1)
-    return (x * keep).mul_(DROPOUT_LEVELS / (DROPOUT_LEVELS - dropped))
+    keep = bits.to(x.dtype).sub_(dropped - DROPOUT_LEVELS // 2 - 1).clamp_(0, 1)
+    keep = keep if keep.numel() == n else keep[:n]
+    return (x * keep.view(x.shape)).mul_(DROPOUT_LEVELS / (DROPOUT_LEVELS - dropped))
 
 
 def floored_std(u: Tensor, stddev_offset: float) -> tuple[Tensor, Tensor]:
@@ -255,7 +256,9 @@ class LEO(nn.Module):
         kl = losses.kl_estimate(sample, mean, std) if with_kl else None
         # d sample / du = noise * d std / du = noise * exp(u) above the floor, 0 on it; the
         # mask sign(std - 1e-10) is exactly 1 or 0 and piecewise constant (no graph needed).
-        return sample, kl, noise * exp_u * torch.sign(std.detach() - STD_FLOOR)
+        with torch.no_grad():
+            noise_above_floor = noise * torch.sign(std - STD_FLOOR)
+        return sample, kl, exp_u * noise_above_floor
 
     def possibly_sample(self, params: Tensor, stddev_offset: float = 0.0) -> tuple[Tensor, Tensor]:
         """Reparameterised sample of N(mean, std^2) and its one-sample KL to N(0, I) per task.
