@@ -69,9 +69,9 @@ def l2_penalty(weights: Iterable[Tensor]) -> Tensor:
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """Softmax cross-entropy per example: logits [..., N], labels [...] int64 -> [...]."""
-    # classes moved to dim 1, the layout F.cross_entropy takes for any number of dimensions
-    logits = logits.movedim(-1, 1) if logits.dim() > 1 else logits
-    return F.cross_entropy(logits, labels, reduction="none")
+    flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           reduction="none")
+    return flat.view(labels.shape)
 
 
 def cross_entropy_grad(logits: Tensor, labels: Tensor) -> Tensor:

@@ -303,7 +303,7 @@ class LEO(nn.Module):
         # computed as (W x^T)^T: on CPU that bmm and its backward are faster than x W^T's.
         b, n, k, d = x.shape
         logits_t = torch.bmm(mean_over_shots(W), x.reshape(b, n * k, d).transpose(1, 2))
-        return logits_t.transpose(1, 2).reshape(b, n, k, -1)
+        return logits_t.transpose(1, 2).contiguous().view(b, n, k, -1)
 
     @staticmethod
     def loss_fn(logits: Tensor, labels: Tensor) -> Tensor:
@@ -356,9 +356,11 @@ class LEO(nn.Module):
             grad = grad.expand_as(state.W)
         else:  # chain rule back to z through params = [mean, u] = z @ g_d.weight.T
             w_mean, w_u = self.g_d.weight.split(d)  # [D, Z] each
-            grad_z = grad @ w_mean  # [B, N, 1, Z]; below + the u half, [B, N, K, Z]
-            grad = grad_z + (grad * state.dW_du) @ w_u if state.dW_du is not None \
-                else grad_z.expand_as(wrt)
+            grad_mean = grad @ w_mean  # [B, N, 1, Z]: the mean half, shared by the K samples
+            if state.dW_du is None:  # W are the means
+                grad = grad_mean.expand_as(wrt)
+            else:  # + the u half, through W = mean + std(u) * noise: [B, N, K, Z]
+                grad = grad_mean + (grad * state.dW_du) @ w_u
         return grad if create_graph else grad.detach()
 
     def _inner_context(self) -> tuple[contextlib.AbstractContextManager, bool]:
