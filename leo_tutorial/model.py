@@ -113,7 +113,8 @@ class LEOOutput:
     loss: scalar meta-loss; query_loss, query_accuracy, kl, encoder_penalty: [B];
     l2, orthogonality: unweighted scalars; codes [B,N,K,2Z] (relation-net output, averaged per
     class: the parameters of q(z|D^tr)); z [B,N,K,Z]; z_trajectory: T+1 tensors [B,N,K,Z];
-    w_init, w_adapted (after the latent loop), w [B,N,K,D] (after fine-tuning);
+    w_init, w_adapted (after the latent loop), w [B,N,K,D] (after fine-tuning); w_trajectory:
+    the T+1 weight samples decoded along the latent loop [B,N,K,D];
     support_losses: mean support loss per task [B] before and after every inner and fine-tuning
     step; query_logits [B,N,V,N].
     """
@@ -129,6 +130,7 @@ class LEOOutput:
     z: Tensor
     z_trajectory: list[Tensor]
     w_init: Tensor
+    w_trajectory: list[Tensor]
     w_adapted: Tensor
     w: Tensor
     query_logits: Tensor
@@ -451,5 +453,6 @@ class LEO(nn.Module):
             loss=loss, query_loss=query_loss, query_accuracy=losses.accuracy(query_logits, qy),
             kl=kl, encoder_penalty=penalty, l2=l2, orthogonality=orthogonality, codes=codes,
             z=latent.z_trajectory[0], z_trajectory=latent.z_trajectory,
-            w_init=latent.w_trajectory[0], w_adapted=latent.state.W, w=state.W,
+            w_init=latent.w_trajectory[0], w_trajectory=latent.w_trajectory,
+            w_adapted=latent.state.W, w=state.W,
             query_logits=query_logits, support_losses=latent.support_losses + history)

@@ -245,7 +245,8 @@ def train(leo_config: LEOConfig, train_config: TrainConfig, bank: FeatureBank,
 
     Validation runs at step 0 and every ``val_every`` steps and at the end (deterministic model,
     ``val_tasks`` tasks, every remaining image as a query unless ``eval_n_query``); the best
-    model is kept in ``best.pt``. ``callback(step, metrics)`` is called after every validation
+    model is kept in ``best.pt``. ``callback(step, metrics)`` (metrics: ``val_accuracy``,
+    ``history``, the ``model`` being trained) is called after every validation
     (for live plots); an exception it raises (e.g. KeyboardInterrupt) still leaves a checkpoint
     from which ``resume=True`` continues exactly.
     """
@@ -300,10 +301,11 @@ def train(leo_config: LEOConfig, train_config: TrainConfig, bank: FeatureBank,
                                                     "model": model.state_dict()})
         save_checkpoint(step)
         if callback is not None:
-            callback(step, {"val_accuracy": result.accuracy, "history": history})
+            callback(step, {"val_accuracy": result.accuracy, "history": history,
+                            "model": model})
 
     dtype = torch_dtype(tc.dtype)
-    window: list[tuple[float, float]] = []
+    window: list[tuple[float, ...]] = []  # per step: query loss, accuracy, KL, encoder penalty
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not progress,
                desc="meta-train", unit="step")
     done = start  # completed meta-steps: what a checkpoint written now would resume from
@@ -320,11 +322,12 @@ def train(leo_config: LEOConfig, train_config: TrainConfig, bank: FeatureBank,
             if not applied:
                 history["skipped"].append({"step": step, "loss": out.loss.item()})
                 log(f"step {step}: non-finite meta-loss or gradient; update skipped")
-            window.append((out.query_loss.mean().item(), out.query_accuracy.mean().item()))
+            window.append(tuple(t.detach().mean().item() for t in (
+                out.query_loss, out.query_accuracy, out.kl, out.encoder_penalty)))
             if len(window) == min(50, tc.val_every) or done == tc.steps:
-                loss, acc = np.mean(window, axis=0)
-                history["train"].append({"step": step, "loss": float(loss),
-                                         "accuracy": float(acc)})
+                loss, acc, kl, penalty = np.mean(window, axis=0).tolist()
+                history["train"].append({"step": step, "loss": loss, "accuracy": acc,
+                                         "kl": kl, "encoder_penalty": penalty})
                 window.clear()
         if all(h["step"] != tc.steps for h in history["val"]):
             validate(tc.steps)
