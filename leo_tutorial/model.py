@@ -1,4 +1,4 @@
-"""LEO for N-way K-shot classification, batched over tasks (LEO_SPEC §2; paper §3).
+"""LEO for N-way K-shot classification, batched over tasks (LEO_SPEC §2).
 
 One method per step of the algorithm, in the order the data flows::
 
@@ -206,9 +206,9 @@ class LEO(nn.Module):
                 raise UserError(f"embeddings are {x.dtype} but the model is {self.dtype}; "
                                 "convert with batch.to(dtype=model.dtype)")
 
-    # ------------------------------------------------------------------- encoding (eq. 1-3)
+    # ------------------------------------------------------------------- encoding (eq. 3)
     def encoder(self, x: Tensor) -> Tensor:
-        """g_e(dropout(x)): [B,N,K,D] -> [B,N,K,Z] (eq. 1 before the relation network)."""
+        """g_e(dropout(x)): [B,N,K,D] -> [B,N,K,Z] (before the relation network of eq. 3)."""
         return self.g_e(self.dropout(x))
 
     def relation_network(self, h: Tensor) -> Tensor:
@@ -272,7 +272,7 @@ class LEO(nn.Module):
         return value, kl  # type: ignore[return-value]
 
     def forward_encoder(self, support_x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """z ~ q(z | D^tr) = N(mu^n, sigma^n) (eq. 1-3): [B,N,K,D] -> (z [B,N,K,Z], kl [B],
+        """z ~ q(z | D^tr) = N(mu^n, sigma^n) (eq. 3): [B,N,K,D] -> (z [B,N,K,Z], kl [B],
         codes [B,N,K,2Z]).
 
         With the random-prior ablation, z ~ N(0, I) (zeros at evaluation) and the encoder is
@@ -382,9 +382,9 @@ class LEO(nn.Module):
             return t.detach().requires_grad_()
         return t
 
-    # ------------------------------------------------------------------ adaptation (eq. 5)
+    # ------------------------------------------------------------------ adaptation in latent space
     def leo_inner_loop(self, support_x: Tensor, support_y: Tensor, z: Tensor) -> LatentAdaptation:
-        """z' = z - alpha * grad_z sum L^tr(f_theta(z)), ``inner_unroll_length`` times (eq. 5).
+        """z' = z - alpha * grad_z sum L^tr(f_theta(z)), ``inner_unroll_length`` times.
 
         alpha [Z] is learned per latent dimension; every step decodes a fresh weight sample and
         dropout mask; the meta-gradient flows through every step (second order, unless
@@ -407,7 +407,7 @@ class LEO(nn.Module):
 
     def finetuning_inner_loop(self, support_x: Tensor, support_y: Tensor,
                               state: SupportPass) -> tuple[SupportPass, list[Tensor]]:
-        """W' = W - eta * grad_W sum L^tr(W), ``finetuning_unroll_length`` times (paper §3.3).
+        """W' = W - eta * grad_W sum L^tr(W), ``finetuning_unroll_length`` times.
 
         eta [D] is learned per embedding dimension; starts from the latent loop's last pass
         (same weight sample). Returns (last pass, mean support loss per task [B] after each step).
@@ -432,7 +432,7 @@ class LEO(nn.Module):
         return losses.l2_penalty(self.weights()), losses.orthogonality_penalty(self.g_d.weight.T)
 
     def forward(self, batch) -> LEOOutput:  # noqa: ANN001 (any object with the four fields)
-        """Adapt to every task of ``batch`` and score its query set (eq. 4 + §3.4).
+        """Adapt to every task of ``batch`` and score its query set (the meta-objective, LEO_SPEC §2.7).
 
         ``batch`` has support_x [B,N,K,D], support_y [B,N,K], query_x [B,N,V,D], query_y [B,N,V]
         (a :class:`leo_tutorial.data.TaskBatch`). The meta-loss is the mean over tasks of
