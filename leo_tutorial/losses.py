@@ -1,4 +1,4 @@
-"""The terms of LEO's meta-objective (paper eq. 4 and §3.4; LEO_SPEC §2.3, §2.5, §2.7).
+"""The terms of LEO's meta-objective (LEO_SPEC §2.3, §2.5, §2.7).
 
 Every function is a plain tensor function, so the notebooks can call each term on its own.
 """
