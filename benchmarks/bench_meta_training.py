@@ -21,8 +21,8 @@ memory is ``ru_maxrss`` of a separate process running ``leo_tutorial.training.tr
 shapes (1-shot, 200 steps, validation every 100 steps on 200 tasks with every remaining image as
 a query, as in the official protocol, then 200 test tasks).
 
-    python benchmarks/bench_meta_training.py            # about 2 minutes on 2 cores
-    python benchmarks/bench_meta_training.py --quick    # a rough table in about 30 s
+    python benchmarks/bench_meta_training.py            # about a minute on 2 idle cores
+    python benchmarks/bench_meta_training.py --quick    # a rough table in about 15 s
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def per_task_meta_step(model: LEO, optimizer: torch.optim.Optimizer, batch: Task
         optimizer.zero_grad(set_to_none=True)
 
 
-def time_steps(step: Callable[[int], None], steps: int, repeats: int, warmup: int = 2
+def time_steps(step: Callable[[int], None], steps: int, repeats: int, warmup: int = 3
                ) -> list[float]:
     """Seconds per call of ``step(i)``, one number per repeat of ``steps`` calls."""
     for i in range(warmup):
@@ -160,7 +160,8 @@ def peak_memory(steps: int, val_every: int, tasks: int) -> tuple[float, float, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed meta-steps per repeat (default 10; --quick 4)")
+                        help="timed meta-steps per repeat of a batched row (default 20; "
+                        "--quick 4); the per-task loop runs half as many")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed repeats per row; the table shows their median (default 3)")
     parser.add_argument("--quick", action="store_true",
@@ -168,7 +169,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory run")
     args = parser.parse_args()
-    steps = args.steps or (4 if args.quick else 10)
+    steps = args.steps or (4 if args.quick else 20)
     repeats = args.repeats or (2 if args.quick else 3)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -178,7 +179,8 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
     print(f"LEO meta-training, float32, CPU: D=640, {N_WAY}-way, {N_QUERY} queries/class, "
           f"B={BATCH} tasks/step, 5 latent + 5 fine-tuning steps, LEOConfig() defaults; "
-          f"median (best) of {repeats} x {steps} steps\n")
+          f"median (best) of {repeats} repeats of {steps} steps ({max(2, steps // 2)} for the "
+          f"per-task loop)\n")
     bank = make_synthetic_bank()
     header = f"{'shot':>4}  {'mode':<42} {'ms/step':>16} {'tasks/s':>8} {'vs loop':>8}"
     print(header)
