@@ -432,7 +432,7 @@ class LEO(nn.Module):
         return losses.l2_penalty(self.weights()), losses.orthogonality_penalty(self.g_d.weight.T)
 
     def forward(self, batch) -> LEOOutput:  # noqa: ANN001 (any object with the four fields)
-        """Adapt to every task of ``batch`` and score its query set (the meta-objective, LEO_SPEC §2.7).
+        """Adapt to every task of ``batch`` and score its query set (meta-objective, LEO_SPEC §2.7).
 
         ``batch`` has support_x [B,N,K,D], support_y [B,N,K], query_x [B,N,V,D], query_y [B,N,V]
         (a :class:`leo_tutorial.data.TaskBatch`). The meta-loss is the mean over tasks of
