@@ -42,7 +42,7 @@ import torch
 
 from leo_tutorial import LEO, LEOConfig
 from leo_tutorial.data import EpisodeSampler, TaskBatch, make_synthetic_bank
-from leo_tutorial.training import all_finite, clip_gradients, meta_step
+from leo_tutorial.training import apply_meta_gradient, make_optimizer, meta_step
 
 N_WAY, N_QUERY, BATCH = 5, 15, 12
 
@@ -58,23 +58,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def make_optimizer(model: LEO) -> torch.optim.Optimizer:
-    """The optimizer ``training.train`` uses."""
-    return torch.optim.Adam(model.parameters(), lr=model.config.outer_lr, fused=True)
-
-
 def per_task_meta_step(model: LEO, optimizer: torch.optim.Optimizer, batch: TaskBatch) -> None:
     """One outer update computed task by task (see the module docstring)."""
-    params = [p for p in model.parameters() if p.requires_grad]
     loss = torch.stack([model(batch[i]).loss for i in range(batch.batch_size)]).mean()
-    grads = list(torch.autograd.grad(loss, params))
-    if all_finite([loss, *grads]):
-        c = model.config
-        for p, g in zip(params, clip_gradients(grads, c.gradient_threshold,
-                                               c.gradient_norm_threshold), strict=True):
-            p.grad = g
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    apply_meta_gradient(model, optimizer, loss)
 
 
 def time_steps(step: Callable[[int], None], steps: int, repeats: int, warmup: int = 3

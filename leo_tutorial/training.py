@@ -142,25 +142,36 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
     return bool(torch.stack([(t * 0).sum() for t in tensors]).eq(0).all())
 
 
-def meta_step(model: LEO, optimizer: torch.optim.Optimizer, batch) -> tuple[Any, bool]:  # noqa: ANN001
-    """One outer update on a task batch: meta-loss, gradients, NaN guard, clipping, Adam.
+def make_optimizer(model: LEO) -> torch.optim.Optimizer:
+    """Adam on every meta-parameter at ``outer_lr`` (TF defaults; fused: one kernel per step)."""
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    return torch.optim.Adam(model.parameters(), lr=model.config.outer_lr, fused=fused)
 
-    Returns (model output, whether the update was applied). A non-finite loss or gradient
-    skips the update (the official code's guard instead applied a fixed decay, by a bug).
+
+def apply_meta_gradient(model: LEO, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
+    """Gradients of ``loss`` for every meta-parameter, NaN guard, official clipping, Adam step.
+
+    A non-finite loss or gradient skips the update and returns False (the official code's guard
+    instead applied a fixed decay, by a bug).
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    out = model(batch)
-    grads = torch.autograd.grad(out.loss, params, allow_unused=True)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
-    finite = all_finite([out.loss, *grads])
-    if finite:
-        c = model.config
-        for p, g in zip(params, clip_gradients(grads, c.gradient_threshold,
-                                               c.gradient_norm_threshold), strict=True):
-            p.grad = g
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return out, finite
+    if not all_finite([loss, *grads]):
+        return False
+    c = model.config
+    for p, g in zip(params, clip_gradients(grads, c.gradient_threshold,
+                                           c.gradient_norm_threshold), strict=True):
+        p.grad = g
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return True
+
+
+def meta_step(model: LEO, optimizer: torch.optim.Optimizer, batch) -> tuple[Any, bool]:  # noqa: ANN001
+    """One outer update on a task batch. Returns (model output, whether it was applied)."""
+    out = model(batch)
+    return out, apply_meta_gradient(model, optimizer, out.loss)
 
 
 # ------------------------------------------------------------------------------ training
@@ -260,8 +271,7 @@ def train(leo_config: LEOConfig, train_config: TrainConfig, bank: FeatureBank,
     EpisodeSampler(val_split, tc.n_way, tc.k_shot, tc.eval_n_query)  # validate shapes early
     torch.manual_seed(step_seed(tc.seed, INIT, 0))
     model = build_model(record, device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=leo_config.outer_lr,  # fused: 1 kernel
-                                 fused=device.type in ("cpu", "cuda"))
+    optimizer = make_optimizer(model)
     history: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "skipped": []}
     start, best_val, best_step = 0, -1.0, -1
 
