@@ -40,7 +40,7 @@ from collections.abc import Callable
 
 import torch
 
-from leo_tutorial import LEO, LEOConfig
+from leo_tutorial import LEO, LEOConfig, TrainConfig
 from leo_tutorial.data import EpisodeSampler, TaskBatch, make_synthetic_bank
 from leo_tutorial.training import apply_meta_gradient, make_optimizer, meta_step
 
@@ -187,7 +187,8 @@ def main() -> None:
         bank_mb, peak_mb, seconds, accuracy = peak_memory(steps_m, every, tasks)
         print(f"\npeak memory (ru_maxrss) of leo_tutorial.training.train, 1-shot, {steps_m} "
               f"steps, validation every {every} on {tasks} tasks and {tasks} test tasks, every "
-              f"remaining image as a query (V = 599), eval batches of 50 tasks:")
+              f"remaining image as a query (V = 599), eval batches of "
+              f"{TrainConfig().eval_batch_size} tasks:")
         print(f"  {peak_mb:.0f} MB peak ({bank_mb:.0f} MB after building the synthetic bank); "
               f"run took {seconds:.1f} s, test accuracy {100 * accuracy:.1f}%")
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
