@@ -65,6 +65,12 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
+def _add_threads(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--threads", type=_positive_int, default=argparse.SUPPRESS,
+                        help="CPU threads for torch (if not given: torch's choice); 1 is faster "
+                        "on a machine busy with other work")
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="meta-train LEO, select on meta-val, report meta-test",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -112,6 +118,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             model.add_argument(_flag(f.name), type=kind, **kw)
     run = p.add_argument_group("run")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_threads(run)
     run.add_argument("--out", type=Path, required=True, help="run directory")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -240,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=_positive_int, default=None,
                    help="queries per class (default: the run's evaluation setting)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_threads(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p = sub.add_parser("info", help="a run's configuration and best validation accuracy")
     p.add_argument("run_dir", type=Path)
@@ -250,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = {"train": _train, "evaluate": _evaluate, "info": _info}[args.command]
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return command(args)
     except UserError as e:
