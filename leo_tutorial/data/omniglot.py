@@ -14,10 +14,11 @@ Split, by alphabet (no alphabet is in two splits):
 * meta_val   = the first half (``n // 2``) of the ``images_evaluation`` alphabets, sorted by name;
 * meta_test  = the rest of the ``images_evaluation`` alphabets.
 
-On the official release that is 10 / 10 evaluation alphabets (Angelic ... Keble -> val,
-Malayalam ... ULOG -> test). This is our own deterministic split, *not* the character-level
-split of Vinyals et al. (2016) (1 200 training characters drawn from both sets), which needs
-their list file; :func:`omniglot_alphabet_split` shows it.
+On the official release that is 964 / 307 / 352 characters (19 280 / 6 140 / 7 040 images):
+val = Angelic ... Keble, test = Malayalam ... ULOG (10 alphabets each). This is our own
+deterministic split, *not* the character-level split of Vinyals et al. (2016) (1 200 training
+characters drawn from both sets), which needs their list file; :func:`omniglot_alphabet_split`
+shows it.
 
 Pre-processing: any PNG mode (1-bit, grayscale, 16-bit, palette, RGB, with alpha composited on
 white) -> grayscale -> inverted, so ink = 255 and background = 0 -> resized to
@@ -25,6 +26,10 @@ white) -> grayscale -> inverted, so ink = 255 and background = 0 -> resized to
 Omniglot pre-processing). With ``rotations=True`` each character gives four classes, rotated by
 0 / 90 / 180 / 270 degrees counter-clockwise (``np.rot90`` after resizing, so exact), as in
 Santoro et al. (2016) and Vinyals et al. (2016), in every split.
+
+Speed (measured on 2 040 synthetic 105 x 105 1-bit PNGs, 2-core CPU, warm file cache): about
+0.2 ms per image, so roughly 7-8 s for the full 32 460 images at 28 x 28 (rotations add almost
+nothing: they are ``np.rot90`` of the resized images).
 """
 
 from __future__ import annotations
