@@ -95,10 +95,12 @@ def test_lookalikes_dropped():
     for group in CONFUSABLES:
         assert sum(c in group for c in kept) <= 1, group
     # no two kept classes have reference renderings above the threshold
-    masks = glyphs.lookalike_masks(glyphs._reference_bitmaps(glyphs._selection(config)))
-    iou = glyphs.mask_iou(masks, masks)
-    np.fill_diagonal(iou, 0.0)
-    assert 0.3 < iou.max() <= config.lookalike_threshold
+    selection = glyphs._selection(config)
+    for fit, threshold in [(False, config.lookalike_threshold), (True, config.shape_threshold)]:
+        masks = glyphs.lookalike_masks(glyphs._reference_bitmaps(selection, fit=fit))
+        iou = glyphs.mask_iou(masks, masks)
+        np.fill_diagonal(iou, 0.0)
+        assert 0.3 < iou.max() <= threshold
 
 
 def test_lookalike_filter_is_greedy_in_order():
@@ -107,9 +109,15 @@ def test_lookalike_filter_is_greedy_in_order():
     a[1, :7] = 1  # IoU 7/8 with 0: dropped
     a[2, 8:] = 1  # new: kept
     a[3, :8] = 1  # a copy of 0 under another name: dropped
-    assert glyphs._drop_lookalikes(a, ["p", "q", "r", "s"], 0.75) == [0, 2]
-    b = np.eye(3, dtype=np.float32)  # all different, but O and 0 are confusables
-    assert glyphs._drop_lookalikes(b, ["O", "x", "0"], 0.75) == [0, 1]
+    assert glyphs._drop_lookalikes("pqrs", [(a, 0.75)]) == [0, 2]
+    assert glyphs._drop_lookalikes("pqrs", [(a, 0.9)]) == [0, 1, 2]
+    assert glyphs._drop_lookalikes("pqrs", [(a, 0.9), (a[[0, 2, 1, 3]], 0.1)]) == [0, 1]
+    b = np.eye(4, dtype=np.float32)  # all different, but O, 0 and Cyrillic O are confusables
+    assert glyphs._drop_lookalikes("Ox0\u041e", [(b, 0.75)]) == [0, 1]
+    c = np.zeros((4, 4), np.float32)
+    c[[0, 1], 0] = 1  # "1" copies "x"; "I" and "l" are confusable with "1", and with each other
+    c[2, 1] = c[3, 2] = 1
+    assert glyphs._drop_lookalikes("x1Il", [(c, 0.75)]) == [0, 2]
 
 
 def test_splits_disjoint_by_block(small):

@@ -11,20 +11,23 @@ Which characters become classes (:func:`glyph_classes`):
    letters, digits or symbols (Unicode categories L*, N*, S*, P*), have no Unicode decomposition
    (so no "e with acute" next to "e", no bold-math "A" next to "A": a class is an atomic
    character, as in Omniglot) and are covered by at least ``min_fonts`` fonts with visible ink.
-2. Look-alikes are dropped greedily: a candidate is kept only if its normalised rendering in the
-   reference font (the first font of :data:`GLYPH_FONTS` that covers it), as a 28 x 28 ink mask,
-   has an intersection over union of at most ``lookalike_threshold`` (0.75) with every character
-   kept before it (blocks in table order, then code points), and if no
-   character of its :data:`CONFUSABLES` group was kept before it. Latin "A", Greek "Alpha" and
-   Cyrillic "A" thus become one class (Latin, which comes first) — and since a kept pair never
-   exceeds the threshold, no two classes, in particular no two classes of different splits, look
-   the same.
+2. Look-alikes are dropped greedily, in table order of the blocks, then code point order. Each
+   candidate is drawn in its reference font (the first font of :data:`GLYPH_FONTS` that covers
+   it) twice — placed on the em box as in text, and fitted to the box (its shape at any size) —
+   and pooled to 28 x 28 ink masks. It is kept only if, against every character kept before it,
+   the intersection over union (IoU) of the placed masks is at most ``lookalike_threshold``
+   (0.75), that of the fitted masks at most ``shape_threshold`` (0.85), and they share no group
+   of :data:`CONFUSABLES` (the obvious cases: O / 0, I / l / 1 / |, dashes, dots, ...). Latin
+   "A", Greek "Alpha" and Cyrillic "A" (IoU 1) thus become one class — Latin, which comes
+   first — and since no kept pair exceeds a threshold, no two classes, in particular no two
+   classes of different splits, look the same in the reference fonts. Dropped, not merged: the
+   kept class already has its own fonts.
 3. Splits are by block (as Omniglot splits by alphabet): meta-train, meta-val and meta-test
    classes come from disjoint blocks, listed with their split in :data:`GLYPH_BLOCKS`.
 
 Rendering (:func:`render_glyphs`) draws every (character, font) base bitmap once with
-``FT2Font``, fits it into a box, then applies batched random affines (``affine_grid`` /
-``grid_sample``) and max-/min-pool stroke changes at twice the output resolution, and
+``FT2Font``, placed on the em box (see :func:`render_base`), then applies batched random
+affines (``grid_sample``) and max-/min-pool stroke changes at twice the output resolution, and
 average-pools down. The result is cached under the user's cache directory
 (``$XDG_CACHE_HOME/leo-tutorial`` or ``~/.cache/leo-tutorial``) with the format version and a hash
 of the configuration in the file name; a damaged cache is detected by a checksum and re-rendered.
@@ -47,6 +50,7 @@ import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from leo_tutorial.data.images import ImageDataset, ImageSplit
 from leo_tutorial.errors import UserError
@@ -60,6 +64,9 @@ RENDER_PX = 64
 
 GLYPH_BOX = 0.75
 """The longer side of a glyph's ink box, as a fraction of the image side (before distortion)."""
+
+_CHUNK = 4096
+"""Samples distorted per batch (about 50 MB of float32 at 56 x 56)."""
 
 FEATURE_CANVAS = 56
 """Canvas of the reference renderings the look-alike detector compares (pooled to 28 x 28)."""
@@ -196,6 +203,7 @@ class GlyphConfig:
     max_translation: float = 0.08
     stroke_steps: tuple[int, int] = (-1, 1)
     lookalike_threshold: float = 0.75
+    shape_threshold: float = 0.85
     min_fonts: int = 2
     blocks: tuple[str, ...] | None = None
     max_classes_per_block: int | None = None
@@ -203,8 +211,9 @@ class GlyphConfig:
     def __post_init__(self) -> None:
         if self.samples_per_class < 1 or self.image_size < 8:
             raise UserError("GlyphConfig needs samples_per_class >= 1 and image_size >= 8")
-        if not 0.0 < self.lookalike_threshold <= 1.0:
-            raise UserError("lookalike_threshold is an IoU: choose it in (0, 1]")
+        if not (0.0 < self.lookalike_threshold <= 1.0 and 0.0 < self.shape_threshold <= 1.0):
+            raise UserError("lookalike_threshold and shape_threshold are IoUs: choose them in "
+                            "(0, 1]")
         known = {b.name for b in GLYPH_BLOCKS}
         unknown = sorted(set(self.blocks or ()) - known)
         if unknown:
@@ -238,13 +247,14 @@ def _font_coverage() -> dict[str, frozenset[int]]:
     return coverage
 
 
-def render_base(file: str, chars: Sequence[str], canvas: int) -> np.ndarray:
+def render_base(file: str, chars: Sequence[str], canvas: int, fit: bool = False) -> np.ndarray:
     """Draw ``chars`` in font ``file`` as on a line of text: uint8 ``[len(chars), canvas, canvas]``.
 
     The central box of side ``GLYPH_BOX * canvas`` spans one em: from 0.8 em above the baseline to
     0.2 em below it, horizontally centred on the glyph's advance, so size and position are part of
     a character's look (``o`` vs ``O``, ``⠁`` vs ``⠂``). A glyph larger than the box is shrunk
     (aspect kept) and centred; one sticking out of it is shifted back in. Empty glyphs stay 0.
+    ``fit=True`` fits every glyph's ink box to the box (its shape alone, whatever its size).
     """
     from matplotlib.ft2font import FT2Font
 
@@ -264,7 +274,7 @@ def render_base(file: str, chars: Sequence[str], canvas: int) -> np.ndarray:
         glyph = font.load_char(ord(ch))
         scale = box / RENDER_PX
         h, w = crop.shape[0] * scale, crop.shape[1] * scale
-        if max(h, w) > box:  # too large for the em box: fit it in and centre it
+        if fit or max(h, w) > box:  # fit it into the box and centre it
             scale *= box / max(h, w)
             h, w = crop.shape[0] * scale, crop.shape[1] * scale
             top, left = (canvas - h) / 2, (canvas - w) / 2
@@ -326,35 +336,37 @@ def _candidates(blocks: Sequence[Block], min_fonts: int) -> list[_Candidate]:
     return out
 
 
-def _reference_bitmaps(cands: Sequence[_Candidate]) -> np.ndarray:
-    """Each candidate drawn in its reference font (its first covering font): [n, 56, 56]."""
+def _reference_bitmaps(cands: Sequence[_Candidate], fit: bool = False) -> np.ndarray:
+    """Each candidate drawn in its reference font (its first covering font): [n, 56, 56]
+    (placed on the em box, or with ``fit=True`` fitted to the box: see :func:`render_base`)."""
     out = np.zeros((len(cands), FEATURE_CANVAS, FEATURE_CANVAS), dtype=np.uint8)
     by_font: dict[str, list[int]] = {}
     for i, c in enumerate(cands):
         by_font.setdefault(c.fonts[0], []).append(i)
     for file, idx in by_font.items():
-        out[idx] = render_base(file, [cands[i].char for i in idx], FEATURE_CANVAS)
+        out[idx] = render_base(file, [cands[i].char for i in idx], FEATURE_CANVAS, fit=fit)
     return out
 
 
-def _drop_lookalikes(masks: np.ndarray, chars: Sequence[str], threshold: float) -> list[int]:
-    """Greedy look-alike filter: indices (in order) of the kept characters. ``i`` is kept iff
-    no kept ``j < i`` has mask IoU ``> threshold`` with it or shares a confusables group."""
+def _drop_lookalikes(chars: Sequence[str], tests: Sequence[tuple[np.ndarray, float]]
+                     ) -> list[int]:
+    """Greedy look-alike filter: indices (in order) of the kept characters. ``tests`` are pairs
+    of masks ``[n, D]`` and an IoU threshold; ``i`` is kept iff no kept ``j < i`` has an IoU
+    above the threshold with it in any test, or shares a :data:`CONFUSABLES` group with it."""
     n = len(chars)
     earlier: list[list[int]] = [[] for _ in range(n)]
-    for start in range(0, n, 1024):  # the n x n IoU matrix, 1024 rows at a time
-        iou = mask_iou(masks[start:start + 1024], masks)
-        for r, j in zip(*np.nonzero(iou > threshold), strict=True):
-            if j < start + r:
-                earlier[start + r].append(int(j))
-    first_of_group: dict[int, int] = {}
+    for masks, threshold in tests:
+        for start in range(0, n, 1024):  # the n x n IoU matrix, 1024 rows at a time
+            iou = mask_iou(masks[start:start + 1024], masks)
+            for r, j in zip(*np.nonzero(iou > threshold), strict=True):
+                if j < start + r:
+                    earlier[start + r].append(int(j))
+    members: dict[int, list[int]] = {}
     for i, ch in enumerate(chars):
         for g, group in enumerate(CONFUSABLES):
             if ch in group:
-                if g in first_of_group:
-                    earlier[i].append(first_of_group[g])
-                else:
-                    first_of_group[g] = i
+                earlier[i].extend(members.setdefault(g, []))
+                members[g].append(i)
     kept: list[int] = []
     is_kept = np.zeros(n, dtype=bool)
     for i in range(n):
@@ -372,13 +384,14 @@ def _blocks_of(config: GlyphConfig) -> list[Block]:
 
 @lru_cache(maxsize=8)
 def _selected(blocks: tuple[Block, ...], min_fonts: int, threshold: float,
-              max_per_block: int | None) -> tuple[_Candidate, ...]:
+              shape_threshold: float, max_per_block: int | None) -> tuple[_Candidate, ...]:
     cands = _candidates(blocks, min_fonts)
     bitmaps = _reference_bitmaps(cands)
     has_ink = bitmaps.reshape(len(cands), -1).max(1) > 0
     cands = [c for c, ok in zip(cands, has_ink, strict=True) if ok]
-    masks = lookalike_masks(bitmaps[has_ink])
-    kept = [cands[i] for i in _drop_lookalikes(masks, [c.char for c in cands], threshold)]
+    tests = [(lookalike_masks(bitmaps[has_ink]), threshold),
+             (lookalike_masks(_reference_bitmaps(cands, fit=True)), shape_threshold)]
+    kept = [cands[i] for i in _drop_lookalikes([c.char for c in cands], tests)]
     if max_per_block is not None:
         count: dict[str, int] = {}
         limited = []
@@ -392,7 +405,7 @@ def _selected(blocks: tuple[Block, ...], min_fonts: int, threshold: float,
 
 def _selection(config: GlyphConfig) -> tuple[_Candidate, ...]:
     return _selected(tuple(_blocks_of(config)), config.min_fonts, config.lookalike_threshold,
-                     config.max_classes_per_block)
+                     config.shape_threshold, config.max_classes_per_block)
 
 
 def glyph_classes(config: GlyphConfig = GlyphConfig()) -> dict[str, list[str]]:
@@ -540,7 +553,7 @@ def _load(path: Path, config: GlyphConfig) -> ImageDataset:
     return ImageDataset(splits, name="glyphs")
 
 
-def _render(config: GlyphConfig) -> ImageDataset:
+def _render(config: GlyphConfig, progress: bool = True) -> ImageDataset:
     """Render the dataset (no cache). Each class gets ``samples_per_class`` drawings; sample
     ``i`` of a class uses font ``perm[i % n_fonts]`` of a random permutation of its fonts."""
     selection = _selection(config)
@@ -551,24 +564,29 @@ def _render(config: GlyphConfig) -> ImageDataset:
     for i, c in enumerate(selection):
         for f in c.fonts:
             by_font.setdefault(f, []).append(i)
+    k = config.samples_per_class
+    n_chunks = -(-len(selection) * k // _CHUNK)
+    bar = tqdm(total=len(by_font) + n_chunks, desc="rendering glyphs", disable=not progress)
     base_index: dict[tuple[int, str], int] = {}
     chunks = []
     for f, idx in by_font.items():
         for i in idx:
             base_index[(i, f)] = len(base_index)
         chunks.append(render_base(f, [selection[i].char for i in idx], canvas))
+        bar.update()
     bases = np.concatenate(chunks) if chunks else np.zeros((0, canvas, canvas), np.uint8)
     # which base each sample draws from, class by class
-    k = config.samples_per_class
     which = np.empty(len(selection) * k, dtype=np.int64)
     for i, c in enumerate(selection):
         perm = rng.permutation(len(c.fonts))
         which[i * k:(i + 1) * k] = [base_index[(i, c.fonts[perm[j % len(perm)]])]
                                     for j in range(k)]
     images = np.empty((len(which), config.image_size, config.image_size), dtype=np.uint8)
-    for start in range(0, len(which), 4096):
-        stop = start + 4096
+    for start in range(0, len(which), _CHUNK):
+        stop = start + _CHUNK
         images[start:stop] = distort(bases[which[start:stop]], config, rng)
+        bar.update()
+    bar.close()
     splits = {}
     split_of = np.array([c.block.split for c in selection])
     for name in SPLITS:
@@ -581,7 +599,7 @@ def _render(config: GlyphConfig) -> ImageDataset:
 
 
 def render_glyphs(config: GlyphConfig = GlyphConfig(), cache_dir: str | os.PathLike | None = None,
-                  log: Callable[[str], None] = print) -> ImageDataset:
+                  log: Callable[[str], None] = print, progress: bool = True) -> ImageDataset:
     """The glyph dataset for ``config``: read from the cache, or rendered and cached.
 
     A damaged cache file (truncated, not an npz, wrong checksum or shapes) is reported with one
@@ -593,6 +611,6 @@ def render_glyphs(config: GlyphConfig = GlyphConfig(), cache_dir: str | os.PathL
             return _load(path, config)
         except Exception as err:  # any unreadable file is rebuilt, never trusted
             log(f"glyph cache {path} is damaged ({type(err).__name__}: {err}); re-rendering it")
-    dataset = _render(config)
+    dataset = _render(config, progress)
     _save(path, dataset)
     return dataset
