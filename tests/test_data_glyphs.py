@@ -97,7 +97,7 @@ def test_lookalikes_dropped():
     # no two kept classes have reference renderings above the threshold
     selection = glyphs._selection(config)
     for fit, threshold in [(False, config.lookalike_threshold), (True, config.shape_threshold)]:
-        masks = glyphs.lookalike_masks(glyphs._reference_bitmaps(selection, fit=fit))
+        masks = glyphs.lookalike_masks(glyphs._reference_bitmaps(selection, fit=fit), int(fit))
         iou = glyphs.mask_iou(masks, masks)
         np.fill_diagonal(iou, 0.0)
         assert 0.3 < iou.max() <= threshold

@@ -14,9 +14,10 @@ Which characters become classes (:func:`glyph_classes`):
 2. Look-alikes are dropped greedily, in table order of the blocks, then code point order. Each
    candidate is drawn in its reference font (the first font of :data:`GLYPH_FONTS` that covers
    it) twice — placed on the em box as in text, and fitted to the box (its shape at any size) —
-   and pooled to 28 x 28 ink masks. It is kept only if, against every character kept before it,
-   the intersection over union (IoU) of the placed masks is at most ``lookalike_threshold``
-   (0.75), that of the fitted masks at most ``shape_threshold`` (0.85), and they share no group
+   and pooled to 28 x 28 ink masks (the fitted one dilated by a pixel, so stroke width does not
+   count). It is kept only if, against every character kept before it, the intersection over
+   union (IoU) of the placed masks is at most ``lookalike_threshold`` (0.75), that of the fitted
+   masks at most ``shape_threshold`` (0.8), and they share no group
    of :data:`CONFUSABLES` (the obvious cases: O / 0, I / l / 1 / |, dashes, dots, ...). Latin
    "A", Greek "Alpha" and Cyrillic "A" (IoU 1) thus become one class — Latin, which comes
    first — and since no kept pair exceeds a threshold, no two classes, in particular no two
@@ -82,7 +83,9 @@ class Block(NamedTuple):
 
 
 GLYPH_BLOCKS: tuple[Block, ...] = (
-    # meta-train (~60 %): Latin, Cyrillic, phonetics, mathematics, technical symbols, Canadian
+    # 1809 classes with the default thresholds: meta-train 1115 (62 %), meta-val 273 (15 %),
+    # meta-test 421 (23 %).
+    # meta-train: Latin, Cyrillic, phonetics, mathematics, technical symbols, Canadian
     # syllabics, Armenian, Braille
     Block("Basic Latin", 0x0020, 0x007F, "train"),
     Block("Latin-1 Supplement", 0x0080, 0x00FF, "train"),
@@ -90,7 +93,6 @@ GLYPH_BLOCKS: tuple[Block, ...] = (
     Block("Latin Extended-B", 0x0180, 0x024F, "train"),
     Block("IPA Extensions", 0x0250, 0x02AF, "train"),
     Block("Phonetic Extensions", 0x1D00, 0x1D7F, "train"),
-    Block("Phonetic Extensions Supplement", 0x1D80, 0x1DBF, "train"),
     Block("Latin Extended-C", 0x2C60, 0x2C7F, "train"),
     Block("Latin Extended-D", 0xA720, 0xA7FF, "train"),
     Block("Cyrillic", 0x0400, 0x04FF, "train"),
@@ -105,7 +107,7 @@ GLYPH_BLOCKS: tuple[Block, ...] = (
     Block("Unified Canadian Aboriginal Syllabics", 0x1400, 0x167F, "train"),
     Block("Armenian", 0x0530, 0x058F, "train"),
     Block("Braille Patterns", 0x2800, 0x28FF, "train"),
-    # meta-val (~15 %): Greek, Georgian, arrows
+    # meta-val: Greek, Georgian, arrows
     Block("Greek and Coptic", 0x0370, 0x03FF, "val"),
     Block("Georgian", 0x10A0, 0x10FF, "val"),
     Block("Georgian Supplement", 0x2D00, 0x2D2F, "val"),
@@ -113,8 +115,8 @@ GLYPH_BLOCKS: tuple[Block, ...] = (
     Block("Supplemental Arrows-A", 0x27F0, 0x27FF, "val"),
     Block("Supplemental Arrows-B", 0x2900, 0x297F, "val"),
     Block("Miscellaneous Symbols and Arrows", 0x2B00, 0x2BFF, "val"),
-    # meta-test (~25 %): Hebrew, Arabic, N'Ko, Lao, Tifinagh, Ogham, Lisu, Old Italic, shapes,
-    # pictographs, dingbats, hexagrams
+    # meta-test: Hebrew, Arabic, N'Ko, Lao, Tifinagh, Ogham, Lisu, Old Italic, shapes,
+    # pictographs, dingbats
     Block("Hebrew", 0x0590, 0x05FF, "test"),
     Block("Arabic", 0x0600, 0x06FF, "test"),
     Block("NKo", 0x07C0, 0x07FF, "test"),
@@ -126,8 +128,9 @@ GLYPH_BLOCKS: tuple[Block, ...] = (
     Block("Geometric Shapes", 0x25A0, 0x25FF, "test"),
     Block("Miscellaneous Symbols", 0x2600, 0x26FF, "test"),
     Block("Dingbats", 0x2700, 0x27BF, "test"),
-    Block("Yijing Hexagram Symbols", 0x4DC0, 0x4DFF, "test"),
-    Block("Tai Xuan Jing Symbols", 0x1D300, 0x1D35F, "test"),
+    # Not used: Yijing hexagrams and Tai Xuan Jing monograms differ only by gaps in their bars,
+    # below the detector's resolution (all but one dropped), and the phonetic supplement's only
+    # undecomposed letter looks like another one.
 )
 
 _ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
@@ -203,7 +206,7 @@ class GlyphConfig:
     max_translation: float = 0.08
     stroke_steps: tuple[int, int] = (-1, 1)
     lookalike_threshold: float = 0.75
-    shape_threshold: float = 0.85
+    shape_threshold: float = 0.8
     min_fonts: int = 2
     blocks: tuple[str, ...] | None = None
     max_classes_per_block: int | None = None
@@ -292,12 +295,15 @@ def render_base(file: str, chars: Sequence[str], canvas: int, fit: bool = False)
     return out
 
 
-def lookalike_masks(bitmaps: np.ndarray) -> np.ndarray:
+def lookalike_masks(bitmaps: np.ndarray, dilate: int = 0) -> np.ndarray:
     """Ink masks of base bitmaps ``[n, 56, 56]`` for the look-alike detector: average-pooled to
-    28 x 28 and thresholded at 30 % ink, ``[n, 784]`` float32 of 0 / 1."""
+    28 x 28, thresholded at 30 % ink and grown by ``dilate`` 3 x 3 dilations (which makes the
+    comparison blind to stroke width, as the stroke distortion is): ``[n, 784]`` float32 0 / 1."""
     x = torch.from_numpy(bitmaps).float()[:, None] / 255.0
-    x = F.adaptive_avg_pool2d(x, 28)
-    return (x.flatten(1) > 0.3).float().numpy()
+    x = (F.adaptive_avg_pool2d(x, 28) > 0.3).float()
+    for _ in range(dilate):
+        x = _dilate(x)
+    return x.flatten(1).numpy()
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -390,7 +396,7 @@ def _selected(blocks: tuple[Block, ...], min_fonts: int, threshold: float,
     has_ink = bitmaps.reshape(len(cands), -1).max(1) > 0
     cands = [c for c, ok in zip(cands, has_ink, strict=True) if ok]
     tests = [(lookalike_masks(bitmaps[has_ink]), threshold),
-             (lookalike_masks(_reference_bitmaps(cands, fit=True)), shape_threshold)]
+             (lookalike_masks(_reference_bitmaps(cands, fit=True), dilate=1), shape_threshold)]
     kept = [cands[i] for i in _drop_lookalikes([c.char for c in cands], tests)]
     if max_per_block is not None:
         count: dict[str, int] = {}
