@@ -129,15 +129,16 @@ def train_backbone(
     weight_decay: float = 5e-4,
     max_shift: int = 2,
     seed: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> tuple[ConvNet4, dict[str, Any]]:
     """Pre-train a :class:`ConvNet4` by classifying the meta-train classes (``train`` split only).
 
     Cross-entropy on a linear head over the train classes, Adam with a cosine learning-rate decay,
-    images randomly shifted by up to ``max_shift`` pixels. Deterministic under ``seed`` (set
-    ``torch.set_num_threads`` as you like before calling). Returns the backbone in eval mode
+    images randomly shifted by up to ``max_shift`` pixels. ``device="auto"`` uses CUDA when
+    present. Deterministic under ``seed`` on a given device (set ``torch.set_num_threads`` as you
+    like before calling). Returns the backbone in eval mode
     (head dropped) and a plain-data history: ``epochs`` (per epoch ``loss``, ``accuracy`` on the
     augmented training batches, ``seconds``), ``classes``, ``image_size``, ``dataset``, ``seed``,
     ready to be passed to :func:`save_backbone` as metadata.
