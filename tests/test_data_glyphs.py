@@ -208,3 +208,21 @@ def test_config_errors():
         GlyphConfig(blocks=("Klingon",))
     with pytest.raises(UserError, match="samples_per_class"):
         GlyphConfig(samples_per_class=0)
+
+
+def test_default_cache_dir_follows_xdg_then_home(tmp_path, monkeypatch):
+    assert glyphs.default_cache_dir() == tmp_path / "xdg" / "leo-tutorial"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert glyphs.default_cache_dir() == tmp_path / "home" / ".cache" / "leo-tutorial"
+
+
+def test_other_image_size(tmp_path):
+    config = dataclasses.replace(SMALL, image_size=20, samples_per_class=2)
+    dataset = render_glyphs(config, cache_dir=tmp_path)
+    assert dataset.split("val").images.shape == (2 * dataset.split("val").n_classes, 20, 20)
+    assert dataset.split("val").class_names == small_names(SMALL, "val")
+
+
+def small_names(config: GlyphConfig, split: str) -> list[str]:
+    return [glyphs.class_name(c) for c in glyph_classes(config)[split]]
