@@ -226,3 +226,13 @@ def test_other_image_size(tmp_path):
 
 def small_names(config: GlyphConfig, split: str) -> list[str]:
     return [glyphs.class_name(c) for c in glyph_classes(config)[split]]
+
+
+def test_unwritable_cache_dir_still_returns_the_dataset(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should be")
+    messages: list[str] = []
+    config = dataclasses.replace(SMALL, samples_per_class=2)
+    dataset = render_glyphs(config, cache_dir=blocker / "cache", log=messages.append)
+    assert dataset.split("train").n_classes > 0
+    assert len(messages) == 1 and "could not write" in messages[0]

@@ -617,5 +617,8 @@ def render_glyphs(config: GlyphConfig = GlyphConfig(), cache_dir: str | os.PathL
         except Exception as err:  # any unreadable file is rebuilt, never trusted
             log(f"glyph cache {path} is damaged ({type(err).__name__}: {err}); re-rendering it")
     dataset = _render(config, progress)
-    _save(path, dataset)
+    try:
+        _save(path, dataset)
+    except OSError as err:  # a read-only or full disk: still usable, just not cached
+        log(f"could not write the glyph cache {path} ({err}); continuing without it")
     return dataset
