@@ -6,6 +6,8 @@ Data flows one way: a source (official pickles, synthetic, ...) -> :class:`Featu
 
 from leo_tutorial.data.bank import SPLIT_NAMES, FeatureBank, FeatureSplit
 from leo_tutorial.data.episodes import EpisodeSampler, TaskBatch, l2_normalise
+from leo_tutorial.data.glyphs import GlyphConfig, glyph_classes, render_glyphs
+from leo_tutorial.data.images import ImageDataset, ImageSplit
 from leo_tutorial.data.leo_pickles import (
     CROPS,
     DATASETS,
@@ -17,6 +19,7 @@ from leo_tutorial.data.leo_pickles import (
     safe_load_pickle,
     write_leo_pickle,
 )
+from leo_tutorial.data.omniglot import omniglot_alphabet_split, read_omniglot
 from leo_tutorial.data.synthetic import (
     SyntheticConfig,
     bayes_accuracy,
@@ -33,16 +36,23 @@ __all__ = [
     "EpisodeSampler",
     "FeatureBank",
     "FeatureSplit",
+    "GlyphConfig",
+    "ImageDataset",
+    "ImageSplit",
     "SyntheticConfig",
     "TaskBatch",
     "bayes_accuracy",
+    "glyph_classes",
     "l2_normalise",
     "leo_pickle_path",
     "load_leo_pickles",
     "make_leo_key",
     "make_synthetic_bank",
     "make_synthetic_split",
+    "omniglot_alphabet_split",
     "read_leo_split",
+    "read_omniglot",
+    "render_glyphs",
     "safe_load_pickle",
     "subspace_basis",
     "write_leo_pickle",
