@@ -128,7 +128,7 @@ def test_embeddings_cluster_better_than_pixels_and_leo_trains(trained, shapes, t
         np.float32), test_images.labels, test_images.class_names)
     acc_emb = nearest_centroid_accuracy(bank.split("test"))
     acc_pix = nearest_centroid_accuracy(pixels)
-    assert acc_emb > acc_pix + 0.1, (acc_emb, acc_pix)  # measured 0.61 vs 0.35
+    assert acc_emb > acc_pix + 0.1, (acc_emb, acc_pix)  # measured 0.56 vs 0.35
 
     result = train(LEOConfig(num_latents=8, outer_lr=3e-3),
                    TrainConfig(k_shot=1, n_query=5, eval_n_query=5, steps=4, val_every=2,
