@@ -79,7 +79,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                       help="embeddings: built-in synthetic, or the official LEO pickles")
     data.add_argument("--data-dir", type=Path, help="folder holding the official embeddings "
                       "(<data-dir>/<dataset>/<crop>/<split>_embeddings.pkl)")
-    data.add_argument("--dataset", choices=DATASETS, default="miniImageNet")
+    data.add_argument("--dataset", default="miniImageNet",
+                      help=f"{' or '.join(DATASETS)}, or the folder name of embeddings exported "
+                      "in the same layout")
     data.add_argument("--crop", choices=CROPS, default="center")
     data.add_argument("--train-on-val", action="store_true",
                       help="add the meta-val classes to meta-train (the paper's final protocol)")
@@ -131,8 +133,9 @@ def auto_preset(name: str, data: str, dataset: str, way: int, shot: int) -> str:
         return name
     if data == "synthetic":
         return "synthetic"
-    tuned = f"{'mini' if dataset == 'miniImageNet' else 'tiered'}-{shot}shot"
-    return tuned if way == 5 and tuned in PRESETS else "default"
+    prefix = {"miniImageNet": "mini", "tieredImageNet": "tiered"}.get(dataset)
+    tuned = f"{prefix}-{shot}shot"
+    return tuned if prefix and way == 5 and tuned in PRESETS else "default"
 
 
 def _train(args: argparse.Namespace) -> int:

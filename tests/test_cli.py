@@ -80,12 +80,13 @@ def test_resume_through_the_cli_equals_one_long_run(tmp_path, capsys):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _official_pickles(root, classes=(8, 6, 6), per_class=30, dim=640, bytes_keys=False):
+def _official_pickles(root, classes=(8, 6, 6), per_class=30, dim=640, bytes_keys=False,
+                      dataset="miniImageNet"):
     rng = np.random.default_rng(0)
     for split, n in zip(("train", "val", "test"), classes, strict=True):
         names = [f"n{split[:2]}{c:05d}" for c in range(n)]
         keys = [make_leo_key(name, i) for name in names for i in range(per_class)]
-        path = leo_pickle_path(root, "miniImageNet", "center", split)
+        path = leo_pickle_path(root, dataset, "center", split)
         write_leo_pickle(path, rng.standard_normal((len(keys), dim)).astype(np.float32), keys,
                          bytes_keys=bytes_keys)
     return root
@@ -100,6 +101,19 @@ def test_train_on_official_pickles(tmp_path, capsys):
     assert "test accuracy" in out and "29 queries per class" in out  # every remaining image
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["data"]["train_on_val"] and record["leo_config"]["kl_weight"] == 0.756143
+
+
+def test_train_on_exported_embeddings_uses_the_official_reader(tmp_path, capsys):
+    root = _official_pickles(tmp_path / "exported", dim=64, dataset="glyphs")
+    code, out, err = cli(capsys, "train", "--data", "leo-pickles", "--data-dir", root,
+                         "--dataset", "glyphs", "--steps", 2, "--val-every", 2, "--val-tasks", 4,
+                         "--test-tasks", 4, "--no-progress", "--out", tmp_path / "run")
+    assert code == 0, err
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["embedding_dim"] == 64 and record["leo_config"]["outer_lr"] == 1e-4  # default
+    code, _, err = cli(capsys, "train", "--data", "leo-pickles", "--data-dir", root,
+                       "--dataset", "../glyphs", "--out", tmp_path / "bad")
+    assert code == 2 and "not a folder name" in err
 
 
 class Boom:

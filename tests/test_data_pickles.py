@@ -125,7 +125,9 @@ def test_path_and_layout_errors(tmp_path):
     )
     with pytest.raises(UserError, match="only center-crop embeddings; use --crop center"):
         leo_pickle_path(tmp_path, "tieredImageNet", "multiview", "train")
-    with pytest.raises(UserError, match="unknown dataset 'omniglot'"):
+    with pytest.raises(UserError, match="is not a folder name"):
+        load_leo_pickles(tmp_path, dataset="../omniglot")
+    with pytest.raises(UserError, match="omniglot"):  # an exported name: the files are missing
         load_leo_pickles(tmp_path, dataset="omniglot")
     with pytest.raises(UserError, match="unknown embedding crop"):
         load_leo_pickles(tmp_path, crop="centre")

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from leo_tutorial import LEOConfig, TrainConfig, UserError
-from leo_tutorial.data import EpisodeSampler, FeatureBank, FeatureSplit, read_leo_split
+from leo_tutorial.data import (
+    EpisodeSampler,
+    FeatureBank,
+    FeatureSplit,
+    load_leo_pickles,
+    read_leo_split,
+)
 from leo_tutorial.data.images import ImageDataset, ImageSplit
 from leo_tutorial.features import (
     ConvNet4,
@@ -146,6 +152,10 @@ def test_export_reads_back_through_the_official_reader(trained, shapes, tmp_path
         np.testing.assert_array_equal(raw.embeddings, split.embeddings)
         np.testing.assert_array_equal(raw.labels, split.labels)  # id order == label order
     assert read_leo_split(folder / "val_embeddings.pkl").class_names[0] == "c00010"
+    official = load_leo_pickles(tmp_path, dataset="shapes")  # what --data leo-pickles reads
+    for name, split in bank.splits.items():
+        np.testing.assert_array_equal(official.split(name).embeddings, split.embeddings)
+        np.testing.assert_array_equal(official.split(name).labels, split.labels)
     back = read_exported_pickles(folder)
     assert back.name == bank.name
     for name, split in bank.splits.items():

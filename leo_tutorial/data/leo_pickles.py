@@ -30,9 +30,14 @@ CROPS = ("center", "multiview")
 
 
 def leo_pickle_path(data_dir: str | os.PathLike, dataset: str, crop: str, split: str) -> Path:
-    """``<data_dir>/<dataset>/<crop>/<split>_embeddings.pkl``, the official layout (§1.1)."""
-    if dataset not in DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+    """``<data_dir>/<dataset>/<crop>/<split>_embeddings.pkl``, the official layout (§1.1).
+
+    ``dataset`` is one of the official :data:`DATASETS` or the folder name of embeddings
+    exported in the same layout (``leo_tutorial.features.export_leo_pickles``, e.g. glyphs).
+    """
+    if not dataset or any(c in dataset for c in "/\\") or dataset in (".", ".."):
+        raise UserError(f"dataset {dataset!r} is not a folder name; use one of "
+                        f"{', '.join(DATASETS)} or the name of an exported dataset")
     if crop not in CROPS:
         raise UserError(f"unknown embedding crop {crop!r}; use one of {', '.join(CROPS)}")
     if dataset == "tieredImageNet" and crop != "center":
