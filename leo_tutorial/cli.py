@@ -18,7 +18,14 @@ from typing import Any
 
 from .config import PRESETS, LEOConfig, TrainConfig, preset
 from .data.leo_pickles import CROPS, DATASETS
-from .data.sources import SOURCES, leo_pickles_spec, load_bank, synthetic_spec
+from .data.sources import (
+    SOURCES,
+    glyphs_spec,
+    leo_pickles_spec,
+    load_bank,
+    omniglot_spec,
+    synthetic_spec,
+)
 from .data.synthetic import SyntheticConfig, bayes_accuracy
 from .errors import UserError
 
@@ -65,6 +72,11 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
+def _log(message: str) -> None:
+    """Progress messages go to stderr, so stdout carries only results (e.g. --json)."""
+    print(message, file=sys.stderr)
+
+
 def _add_threads(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument("--threads", type=_positive_int, default=argparse.SUPPRESS,
                         help="CPU threads for torch (if not given: torch's choice); 1 is faster "
@@ -76,7 +88,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--data", choices=SOURCES, default="synthetic",
-                      help="embeddings: built-in synthetic, or the official LEO pickles")
+                      help="built-in synthetic embeddings, the official LEO pickles, or images "
+                      "embedded by a stage-1 backbone: glyphs (built in) or omniglot (--data-dir)")
     data.add_argument("--data-dir", type=Path, help="folder holding the official embeddings "
                       "(<data-dir>/<dataset>/<crop>/<split>_embeddings.pkl)")
     data.add_argument("--dataset", default="miniImageNet",
@@ -128,11 +141,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def auto_preset(name: str, data: str, dataset: str, way: int, shot: int) -> str:
     """``auto``: ``synthetic`` for synthetic data, the paper's tuned setting for 5-way 1/5-shot
-    on the official embeddings, the official defaults otherwise."""
+    on the official miniImageNet / tieredImageNet embeddings, the official defaults otherwise."""
     if name != "auto":
         return name
     if data == "synthetic":
         return "synthetic"
+    if data != "leo-pickles":
+        return "default"
     prefix = {"miniImageNet": "mini", "tieredImageNet": "tiered"}.get(dataset)
     tuned = f"{prefix}-{shot}shot"
     return tuned if prefix and way == 5 and tuned in PRESETS else "default"
@@ -155,9 +170,16 @@ def _train(args: argparse.Namespace) -> int:
             raise UserError("--data leo-pickles needs --data-dir DIR, the folder that holds "
                             f"{args.dataset}/{args.crop}/train_embeddings.pkl")
         spec = leo_pickles_spec(args.data_dir, args.dataset, args.crop, args.train_on_val)
+    elif args.data == "omniglot":
+        if args.data_dir is None:
+            raise UserError("--data omniglot needs --data-dir DIR, the folder that holds "
+                            "images_background/ and images_evaluation/")
+        spec = omniglot_spec(args.data_dir)
+    elif args.data == "glyphs":
+        spec = glyphs_spec()
     else:
         spec = synthetic_spec(SyntheticConfig(seed=args.synthetic_seed))
-    bank = load_bank(spec)
+    bank = load_bank(spec, log=_log, progress=not args.no_progress)
     result = train(leo_config, train_config, bank, args.out, data_spec=spec, device=args.device,
                    resume=args.resume, progress=not args.no_progress)
     print(f"best meta-val accuracy {100 * result.best_val_accuracy:.2f}% at step "
@@ -179,7 +201,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     model, record = load_run(args.run_dir, resolve_device(args.device))
     train_config = TrainConfig(**record["train_config"])
-    bank = load_bank(record["data"])
+    bank = load_bank(record["data"], log=_log, progress=not args.json)
     result = evaluate(model, bank.split(args.split), n_way=train_config.n_way,
                       k_shot=train_config.k_shot,
                       n_query=args.queries if args.queries else train_config.eval_n_query,

@@ -1,0 +1,48 @@
+"""Image sources end to end: images -> stage-1 backbone -> feature bank -> LEO, from the CLI."""
+
+import json
+
+import pytest
+from test_data_omniglot import make_fake_omniglot
+
+from leo_tutorial.cli import main
+from leo_tutorial.data.sources import SHIPPED_BACKBONES, glyphs_spec, load_bank, omniglot_spec
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Renders and trained backbones go to a temporary cache, never the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "leo-tutorial"
+
+
+def test_omniglot_trains_a_backbone_once_then_reuses_it(tmp_path, private_cache, capsys):
+    make_fake_omniglot(tmp_path / "omniglot")
+    args = ["train", "--data", "omniglot", "--data-dir", str(tmp_path / "omniglot"),
+            "--way", "2", "--shot", "1", "--queries", "2", "--steps", "2", "--val-every", "2",
+            "--val-tasks", "4", "--test-tasks", "4", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "pre-training the stage-1 backbone on 9 omniglot meta-train classes" in err
+    cached = sorted(p.name for p in private_cache.iterdir())
+    assert len(cached) == 1 and cached[0].startswith("omniglot-convnet4-")
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["data"] == omniglot_spec(tmp_path / "omniglot")
+    assert record["leo_config"]["outer_lr"] == 1e-4  # auto preset: the official defaults
+    assert main([*args, "--out", str(tmp_path / "again")]) == 0
+    assert "pre-training" not in capsys.readouterr().err  # the cached backbone is reused
+    assert main(["evaluate", str(tmp_path / "run"), "--tasks", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["way"] == 2
+
+
+def test_omniglot_needs_a_data_dir(tmp_path, capsys):
+    assert main(["train", "--data", "omniglot", "--out", str(tmp_path / "run")]) == 2
+    assert "--data-dir" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not SHIPPED_BACKBONES["glyphs"].is_file(), reason="no shipped backbone")
+def test_glyphs_use_the_shipped_backbone(private_cache):
+    bank = load_bank(glyphs_spec(), log=lambda m: None, progress=False)
+    assert bank.name == "glyphs/convnet4"
+    assert bank.split("train").n_classes > 1000 and bank.dim == 32
+    assert not any(p.name.endswith(".pt") for p in private_cache.iterdir())  # nothing trained
