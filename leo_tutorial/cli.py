@@ -3,6 +3,7 @@
     leo-tutorial train --data synthetic --way 5 --shot 1 --out runs/demo
     leo-tutorial evaluate runs/demo --split test --tasks 2000 --json
     leo-tutorial info runs/demo
+    leo-tutorial prepare glyphs --out embeddings
 
 A mistake the user can fix ends the command with one line on stderr and exit status 2.
 """
@@ -215,6 +216,38 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    """Stage 1 explicitly: images -> backbone (shipped, cached or retrained) -> embeddings,
+    optionally exported in the official pickle layout."""
+    import time
+
+    from .data.sources import backbone_for, image_dataset
+    from .features import embed_dataset, export_leo_pickles
+
+    if args.source == "omniglot" and args.data_dir is None:
+        raise UserError("prepare omniglot needs --data-dir DIR, the folder that holds "
+                        "images_background/ and images_evaluation/")
+    spec = omniglot_spec(args.data_dir) if args.source == "omniglot" else glyphs_spec()
+    times = {}
+    start = time.perf_counter()
+    dataset = image_dataset(spec, log=_log, progress=not args.no_progress)
+    times["images"] = time.perf_counter() - start
+    start = time.perf_counter()
+    backbone = backbone_for(dataset, retrain=args.retrain, epochs=args.epochs, log=_log)
+    times["backbone"] = time.perf_counter() - start
+    start = time.perf_counter()
+    bank = embed_dataset(backbone, dataset)
+    times["embed"] = time.perf_counter() - start
+    for name, split in bank.splits.items():
+        print(f"{name}: {split.n_classes} classes, {split.n_images} images -> {bank.dim}-d")
+    if args.out is not None:
+        folder = export_leo_pickles(bank, args.out, dataset=args.source)
+        print(f"official pickle layout written to {folder}; train on it with: leo-tutorial "
+              f"train --data leo-pickles --data-dir {args.out} --dataset {args.source} ...")
+    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from .training import read_json
 
@@ -274,6 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     _add_threads(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = sub.add_parser("prepare", help="stage 1: render/read images, pre-train or load the "
+                       "backbone, embed, optionally export the official pickle layout")
+    p.add_argument("source", choices=("glyphs", "omniglot"))
+    p.add_argument("--data-dir", type=Path, help="the Omniglot folder (omniglot only)")
+    p.add_argument("--out", type=Path, help="write <out>/<source>/center/*_embeddings.pkl")
+    p.add_argument("--retrain", action="store_true",
+                   help="pre-train the backbone again (cached; later runs use it)")
+    p.add_argument("--epochs", type=_positive_int, default=6, help="pre-training epochs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_threads(p)
     p = sub.add_parser("info", help="a run's configuration and best validation accuracy")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -282,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"train": _train, "evaluate": _evaluate, "info": _info}[args.command]
+    command = {"train": _train, "evaluate": _evaluate, "prepare": _prepare,
+               "info": _info}[args.command]
     if getattr(args, "threads", None):
         import torch
 

@@ -46,3 +46,20 @@ def test_glyphs_use_the_shipped_backbone(private_cache):
     assert bank.name == "glyphs/convnet4"
     assert bank.split("train").n_classes > 1000 and bank.dim == 32
     assert not any(p.name.endswith(".pt") for p in private_cache.iterdir())  # nothing trained
+
+
+def test_prepare_omniglot_retrains_and_exports_the_official_layout(tmp_path, private_cache,
+                                                                   capsys):
+    make_fake_omniglot(tmp_path / "omniglot")
+    args = ["prepare", "omniglot", "--data-dir", str(tmp_path / "omniglot"), "--epochs", "1",
+            "--no-progress", "--out", str(tmp_path / "emb")]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "train: 9 classes, 36 images -> 32-d" in out and "pre-training" in err
+    assert main([*args, "--retrain"]) == 0
+    assert "pre-training" in capsys.readouterr().err  # --retrain trains again
+    bank = load_bank({"source": "leo-pickles", "data_dir": str(tmp_path / "emb"),
+                      "dataset": "omniglot", "crop": "center"})
+    assert bank.split("train").n_classes == 9 and bank.dim == 32
+    assert main(["prepare", "omniglot"]) == 2
+    assert "--data-dir" in capsys.readouterr().err

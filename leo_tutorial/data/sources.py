@@ -52,28 +52,47 @@ def _tuples(values: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
+def backbone_cache_path(dataset: ImageDataset) -> Path:
+    """Where a backbone trained here for ``dataset`` is cached (keyed by its meta-train set)."""
+    train = dataset.split("train")
+    digest = hashlib.sha256(train.images.tobytes() + "\n".join(train.class_names).encode())
+    return default_cache_dir() / f"{dataset.name}-convnet4-{digest.hexdigest()[:16]}.pt"
+
+
 def backbone_for(dataset: ImageDataset, retrain: bool = False, epochs: int = 6,
                  log: Callable[[str], None] = print) -> Any:
-    """The stage-1 backbone for an image dataset: the shipped one (glyphs), else one trained on
-    its meta-train classes on first use and cached under the user's cache directory.
+    """The stage-1 backbone for an image dataset: one trained here before (cached under the
+    user's cache directory), else the shipped one (glyphs), else one trained now on the
+    meta-train classes and cached. ``retrain`` always trains (and replaces the cached one).
 
     Returns a :class:`leo_tutorial.features.ConvNet4` in eval mode.
     """
     from leo_tutorial.features import load_backbone, save_backbone, train_backbone
 
+    path = backbone_cache_path(dataset)
+    if path.is_file() and not retrain:  # a backbone trained here (first use or --retrain)
+        return load_backbone(path)[0]
     shipped = SHIPPED_BACKBONES.get(dataset.name)
     if shipped is not None and shipped.is_file() and not retrain:
         return load_backbone(shipped)[0]
     train = dataset.split("train")
-    digest = hashlib.sha256(train.images.tobytes() + "\n".join(train.class_names).encode())
-    path = default_cache_dir() / f"{dataset.name}-convnet4-{digest.hexdigest()[:16]}.pt"
-    if path.is_file() and not retrain:
-        return load_backbone(path)[0]
     log(f"pre-training the stage-1 backbone on {train.n_classes} {dataset.name} meta-train "
         f"classes ({epochs} epochs)")
     backbone, history = train_backbone(dataset, epochs=epochs, channels=32, log=log)
     save_backbone(path, backbone, history)
     return backbone.eval()
+
+
+def image_dataset(spec: dict[str, Any], log: Callable[[str], None] = print,
+                  progress: bool = True) -> ImageDataset:
+    """The images behind a ``glyphs`` or ``omniglot`` spec."""
+    if spec.get("source") == "glyphs":
+        return render_glyphs(GlyphConfig(**_tuples(spec.get("glyphs", {}))), log=log,
+                             progress=progress)
+    if spec.get("source") == "omniglot":
+        return read_omniglot(spec["data_dir"], spec.get("image_size", 28),
+                             spec.get("rotations", False), log=log, progress=progress)
+    raise UserError(f"{spec.get('source')!r} is not an image source; use glyphs or omniglot")
 
 
 def image_bank(dataset: ImageDataset, retrain: bool = False,
@@ -99,11 +118,6 @@ def load_bank(spec: dict[str, Any], log: Callable[[str], None] = print,
     if source == "leo-pickles":
         return load_leo_pickles(spec["data_dir"], spec["dataset"], spec["crop"],
                                 spec.get("train_on_val", False))
-    if source == "glyphs":
-        config = GlyphConfig(**_tuples(spec.get("glyphs", {})))
-        return image_bank(render_glyphs(config, log=log, progress=progress), log=log)
-    if source == "omniglot":
-        dataset = read_omniglot(spec["data_dir"], spec.get("image_size", 28),
-                                spec.get("rotations", False), log=log, progress=progress)
-        return image_bank(dataset, log=log)
+    if source in ("glyphs", "omniglot"):
+        return image_bank(image_dataset(spec, log, progress), log=log)
     raise UserError(f"unknown data source {source!r}; choose one of: {', '.join(SOURCES)}")
