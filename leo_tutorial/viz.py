@@ -144,3 +144,74 @@ def leo_vs_maml_schematic(axes=None):
             ax.spines[side].set_visible(False)
     left.figure.suptitle("LEO vs MAML in one figure", fontsize=12, fontweight="bold")
     return axes
+
+
+def _image_axis(ax, image: np.ndarray, title: str | None = None, color: str | None = None,
+                fontsize: int = 7) -> None:
+    ax.imshow(image, cmap="gray_r", vmin=0, vmax=255)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    if title:
+        ax.set_title(title, fontsize=fontsize, color=color or "black")
+
+
+def show_classes(splits: dict, n_classes: int = 6, per_class: int = 6, seed: int = 0):
+    """A grid of example images: ``n_classes`` random classes of each split (rows grouped by
+    split), ``per_class`` samples each. ``splits`` maps split name -> ImageSplit."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    rows = [(name, c) for name, split in splits.items()
+            for c in sorted(rng.choice(split.n_classes, min(n_classes, split.n_classes),
+                                       replace=False))]
+    fig, axes = plt.subplots(len(rows), per_class, figsize=(per_class * 0.9, len(rows) * 1.1),
+                             squeeze=False)
+    for (name, c), row in zip(rows, axes, strict=True):
+        split = splits[name]
+        images = split.images[split.labels == c][:per_class]
+        for i, ax in enumerate(row):
+            if i < len(images):
+                _image_axis(ax, images[i])
+            else:
+                ax.axis("off")
+        # the row's caption spans the row: a left-aligned title on its first image
+        row[0].set_title(f"{name}: {split.class_names[c]}"[:60], fontsize=7, loc="left")
+    fig.suptitle("Example classes per meta-split (each row: samples of one class)", fontsize=10)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.6 / (len(rows) * 1.1),
+                        hspace=0.45, wspace=0.08)
+    return fig
+
+
+def show_episode(images: np.ndarray, k_shot: int, predictions: np.ndarray | None = None,
+                 class_names: list[str] | None = None, max_queries: int = 5):
+    """One task as images: ``images`` [N, K + V, H, W] (support first, as the sampler's rows),
+    labels = row position. ``predictions`` [N, V] (optional) colours each query title green when
+    correct, vermilion when wrong."""
+    import matplotlib.pyplot as plt
+
+    n, total = images.shape[:2]
+    n_query = min(total - k_shot, max_queries)
+    fig, axes = plt.subplots(n, k_shot + n_query, figsize=((k_shot + n_query) * 1.0, n * 1.1),
+                             squeeze=False)
+    for label in range(n):
+        for j in range(k_shot + n_query):
+            ax = axes[label, j]
+            if j < k_shot:
+                _image_axis(ax, images[label, j], f"support, label {label}")
+                for spine in ax.spines.values():
+                    spine.set_visible(True)
+                    spine.set_color(PALETTE[0])
+                    spine.set_linewidth(2)
+            else:
+                title, color = f"query, label {label}", None
+                if predictions is not None:
+                    guess = int(predictions[label, j - k_shot])
+                    color = PALETTE[2] if guess == label else PALETTE[3]
+                    title = f"label {label}, pred {guess}"
+                _image_axis(ax, images[label, j], title, color)
+        if class_names is not None:
+            axes[label, 0].set_ylabel(class_names[label][:18], fontsize=7)
+    fig.suptitle(f"A {n}-way {k_shot}-shot task: support (blue frame) and queries", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -52,7 +52,7 @@ def test_batch_shapes_labels_and_norms():
 def test_indices_disjoint_class_consistent_and_distinct():
     split = make_split()
     sampler = EpisodeSampler(split, n_way=4, k_shot=5, n_query=10)
-    classes, rows = sampler._sample_indices(50, seed=3)
+    classes, rows = sampler.sample_indices(50, seed=3)
     assert classes.shape == (50, 4) and rows.shape == (50, 4, 15)
     for b in range(50):
         assert len(set(classes[b].tolist())) == 4  # distinct classes within a task
@@ -64,7 +64,7 @@ def test_indices_disjoint_class_consistent_and_distinct():
 def test_sample_uses_the_sampled_indices():
     split = make_split()
     sampler = EpisodeSampler(split, n_way=3, k_shot=2, n_query=5)
-    classes, rows = sampler._sample_indices(4, seed=[1, 2])
+    classes, rows = sampler.sample_indices(4, seed=[1, 2])
     batch = sampler.sample(4, seed=[1, 2])
     expected = l2_normalise(split.embeddings[rows])
     assert torch.equal(batch.classes, torch.from_numpy(classes))
@@ -89,7 +89,7 @@ def test_n_query_none_takes_every_remaining_image():
     split = make_split(counts=counts)
     sampler = EpisodeSampler(split, n_way=6, k_shot=2, n_query=None)
     assert sampler.n_query == 10
-    classes, rows = sampler._sample_indices(3, seed=0)
+    classes, rows = sampler.sample_indices(3, seed=0)
     for b in range(3):
         for n in range(6):  # all 12 images of the class, each exactly once
             assert sorted(rows[b, n].tolist()) == sorted(split.class_indices()[classes[b, n]])
@@ -100,7 +100,7 @@ def test_n_query_none_takes_every_remaining_image():
 def test_every_class_picked_and_positions_uniform():
     split = make_split()
     sampler = EpisodeSampler(split, n_way=4, k_shot=1, n_query=1)
-    classes, rows = sampler._sample_indices(4000, seed=123)
+    classes, rows = sampler.sample_indices(4000, seed=123)
     counts = np.zeros((split.n_classes, 4))
     np.add.at(counts, (classes, np.arange(4)[None, :]), 1)
     expected = 4000 / split.n_classes  # per (class, position) cell: 500

@@ -174,7 +174,7 @@ class EpisodeSampler:
         self.normalise = bool(normalise)
 
         # Padded index table [n_classes, max_images]: row c lists the image rows of class c,
-        # padded with 0 (masked out by +inf sort keys in _sample_indices).
+        # padded with 0 (masked out by +inf sort keys in sample_indices).
         counts = split.images_per_class
         self._table = np.zeros((split.n_classes, int(counts.max())), dtype=np.int64)
         for c, rows in enumerate(split.class_indices()):
@@ -184,8 +184,9 @@ class EpisodeSampler:
         # multiply (no normalised copy of the whole split, no temporaries of the batch's size).
         self._inv_norm = _inverse_norms(split.embeddings) if self.normalise else None
 
-    def _sample_indices(self, batch_size: int, seed: Seed) -> tuple[np.ndarray, np.ndarray]:
-        """Classes ``[B, N]`` and image rows ``[B, N, K + V]`` of one batch (support first).
+    def sample_indices(self, batch_size: int, seed: Seed) -> tuple[np.ndarray, np.ndarray]:
+        """Classes ``[B, N]`` and image rows ``[B, N, K + V]`` of one batch (support first): what
+        :meth:`sample` draws with the same seed (rows index the split, e.g. to show images).
 
         Vectorised over tasks: the N classes are the N smallest of B x C uniform keys (a random
         permutation, prefix N); the images of each chosen class are the K + V smallest of uniform
@@ -211,7 +212,7 @@ class EpisodeSampler:
         ``seed`` is an int or a sequence of ints for ``np.random.default_rng`` (the trainer uses
         ``[run_seed, split_code, step]`` so that resuming needs no stored RNG state).
         """
-        classes, rows = self._sample_indices(batch_size, seed)
+        classes, rows = self.sample_indices(batch_size, seed)
         b, n, k, v = batch_size, self.n_way, self.k_shot, self.n_query
         positions = np.arange(n, dtype=np.int64)[None, :, None]
         return TaskBatch(
