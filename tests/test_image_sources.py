@@ -9,11 +9,14 @@ from leo_tutorial.cli import main
 from leo_tutorial.data.sources import SHIPPED_BACKBONES, glyphs_spec, load_bank, omniglot_spec
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    """Renders and trained backbones go to a temporary cache, never the user's."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "leo-tutorial"
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """Renders and trained backbones go to a temporary cache, never the user's (shared by
+    this module's tests, so the glyphs are rendered once)."""
+    root = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(root))
+        yield root / "leo-tutorial"
 
 
 def test_omniglot_trains_a_backbone_once_then_reuses_it(tmp_path, private_cache, capsys):
@@ -24,7 +27,7 @@ def test_omniglot_trains_a_backbone_once_then_reuses_it(tmp_path, private_cache,
     assert main([*args, "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert "pre-training the stage-1 backbone on 9 omniglot meta-train classes" in err
-    cached = sorted(p.name for p in private_cache.iterdir())
+    cached = [p.name for p in private_cache.iterdir() if p.name.startswith("omniglot-")]
     assert len(cached) == 1 and cached[0].startswith("omniglot-convnet4-")
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["data"] == omniglot_spec(tmp_path / "omniglot")
@@ -45,7 +48,7 @@ def test_glyphs_use_the_shipped_backbone(private_cache):
     bank = load_bank(glyphs_spec(), log=lambda m: None, progress=False)
     assert bank.name == "glyphs/convnet4"
     assert bank.split("train").n_classes > 1000 and bank.dim == 32
-    assert not any(p.name.endswith(".pt") for p in private_cache.iterdir())  # nothing trained
+    assert not any(p.name.startswith("glyphs-convnet4") for p in private_cache.iterdir())
 
 
 def test_prepare_omniglot_retrains_and_exports_the_official_layout(tmp_path, private_cache,
@@ -54,8 +57,7 @@ def test_prepare_omniglot_retrains_and_exports_the_official_layout(tmp_path, pri
     args = ["prepare", "omniglot", "--data-dir", str(tmp_path / "omniglot"), "--epochs", "1",
             "--no-progress", "--out", str(tmp_path / "emb")]
     assert main(args) == 0
-    out, err = capsys.readouterr()
-    assert "train: 9 classes, 36 images -> 32-d" in out and "pre-training" in err
+    assert "train: 9 classes, 36 images -> 32-d" in capsys.readouterr().out
     assert main([*args, "--retrain"]) == 0
     assert "pre-training" in capsys.readouterr().err  # --retrain trains again
     bank = load_bank({"source": "leo-pickles", "data_dir": str(tmp_path / "emb"),
@@ -63,3 +65,19 @@ def test_prepare_omniglot_retrains_and_exports_the_official_layout(tmp_path, pri
     assert bank.split("train").n_classes == 9 and bank.dim == 32
     assert main(["prepare", "omniglot"]) == 2
     assert "--data-dir" in capsys.readouterr().err
+
+
+def test_the_readme_main_job_runs(tmp_path, capsys):
+    """The README's main-job command, as written there, with a shorter schedule appended."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if ".venv/bin/leo-tutorial train" in x)
+    argv = line.split(".venv/bin/leo-tutorial", 1)[1].split()
+    out = argv.index("--out")
+    argv[out + 1] = str(tmp_path / "quickstart")
+    fast = ["--steps", "100", "--val-every", "50", "--val-tasks", "50", "--test-tasks", "100",
+            "--no-progress"]
+    assert main([*argv, *fast]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert (tmp_path / "quickstart" / "test.json").is_file()
