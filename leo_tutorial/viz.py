@@ -152,6 +152,10 @@ def _image_axis(ax, image: np.ndarray, title: str | None = None, color: str | No
     ax.set_xticks([])
     ax.set_yticks([])
     ax.grid(False)
+    for spine in ax.spines.values():  # a thin frame on every side (notebook styles hide two)
+        spine.set_visible(True)
+        spine.set_color("0.6")
+        spine.set_linewidth(0.8)
     if title:
         ax.set_title(title, fontsize=fontsize, color=color or "black")
 
@@ -211,7 +215,10 @@ def show_episode(images: np.ndarray, k_shot: int, predictions: np.ndarray | None
                     title = f"label {label}, pred {guess}"
                 _image_axis(ax, images[label, j], title, color)
         if class_names is not None:
-            axes[label, 0].set_ylabel(class_names[label][:18], fontsize=7)
+            import textwrap
+
+            name = "\n".join(textwrap.wrap(class_names[label], 14)[:3])
+            axes[label, 0].set_ylabel(name, fontsize=6, rotation=0, ha="right", va="center")
     fig.suptitle(f"A {n}-way {k_shot}-shot task: support (blue frame) and queries", fontsize=10)
     fig.tight_layout()
     return fig
