@@ -95,12 +95,11 @@ def image_dataset(spec: dict[str, Any], log: Callable[[str], None] = print,
     raise UserError(f"{spec.get('source')!r} is not an image source; use glyphs or omniglot")
 
 
-def image_bank(dataset: ImageDataset, retrain: bool = False,
-               log: Callable[[str], None] = print) -> FeatureBank:
+def image_bank(dataset: ImageDataset, log: Callable[[str], None] = print) -> FeatureBank:
     """Stage 1 applied: the dataset's images embedded by its backbone (LEO_SPEC §1.3)."""
     from leo_tutorial.features import embed_dataset
 
-    return embed_dataset(backbone_for(dataset, retrain, log=log), dataset)
+    return embed_dataset(backbone_for(dataset, log=log), dataset)
 
 
 @lru_cache(maxsize=2)
