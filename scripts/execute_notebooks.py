@@ -4,7 +4,8 @@
     .venv/bin/python scripts/execute_notebooks.py notebooks/02_encoder_relation_net.ipynb
 
 Committed notebooks must come from this script: one fresh run (execution counts 1..n), no
-widget state in the metadata, no timing metadata. Prints each notebook's run time.
+widget state in the metadata, no timing metadata, slide metadata from the rule in
+`scripts/slides.py`. Prints each notebook's run time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from slides import add_slide_metadata  # scripts/slides.py, next to this file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,6 +39,7 @@ def execute(path: Path, timeout: int = 600) -> float:
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     seconds = time.perf_counter() - start
     clean(nb)
+    add_slide_metadata(nb)
     tmp = path.with_suffix(".ipynb.tmp")
     nbformat.write(nb, tmp)
     os.replace(tmp, path)
