@@ -4,6 +4,7 @@
     leo-tutorial evaluate runs/demo --split test --tasks 2000 --json
     leo-tutorial info runs/demo
     leo-tutorial prepare glyphs --out embeddings
+    leo-tutorial compare --data synthetic --way 5 --shot 1 --out runs/compare
 
 A mistake the user can fix ends the command with one line on stderr and exit status 2.
 """
@@ -87,20 +88,7 @@ def _add_threads(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> N
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="meta-train LEO, select on meta-val, report meta-test",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data = p.add_argument_group("data")
-    data.add_argument("--data", choices=SOURCES, default="synthetic",
-                      help="built-in synthetic embeddings, the official LEO pickles, or images "
-                      "embedded by a stage-1 backbone: glyphs (built in) or omniglot (--data-dir)")
-    data.add_argument("--data-dir", type=Path, help="folder holding the official embeddings "
-                      "(<data-dir>/<dataset>/<crop>/<split>_embeddings.pkl)")
-    data.add_argument("--dataset", default="miniImageNet",
-                      help=f"{' or '.join(DATASETS)}, or the folder name of embeddings exported "
-                      "in the same layout")
-    data.add_argument("--crop", choices=CROPS, default="center")
-    data.add_argument("--train-on-val", action="store_true",
-                      help="add the meta-val classes to meta-train (the paper's final protocol)")
-    data.add_argument("--synthetic-seed", type=_positive_int, default=0,
-                      help="seed of the synthetic generator")
+    _add_data(p)
     task = p.add_argument_group("tasks and schedule")
     d = TrainConfig()
     task.add_argument("--way", type=_positive_int, default=d.n_way, help="N classes per task")
@@ -140,6 +128,80 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+# compare's schedule: every method gets the same budget; sized so that one full comparison
+# (11 methods, 5-way 1-shot) takes a few minutes on a 2-core CPU (benchmarks/bench_compare.py).
+COMPARE_DEFAULTS: dict[str, Any] = dict(steps=1000, val_every=250, val_tasks=200,
+                                        test_tasks=1000)
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    from .compare import METHODS
+
+    p = sub.add_parser("compare", help="LEO, its ablations and baselines on the same test tasks "
+                       "(the paper's Table 2)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_data(p)
+    task = p.add_argument_group("tasks and budget (the same for every method)")
+    d = TrainConfig()
+    task.add_argument("--way", type=_positive_int, default=d.n_way, help="N classes per task")
+    task.add_argument("--shot", type=_positive_int, default=d.k_shot, help="K examples per class")
+    task.add_argument("--steps", type=_positive_int, default=COMPARE_DEFAULTS["steps"],
+                      help="meta-training steps of every meta-learned method")
+    task.add_argument("--val-every", type=_positive_int, default=COMPARE_DEFAULTS["val_every"])
+    task.add_argument("--val-tasks", type=_positive_int, default=COMPARE_DEFAULTS["val_tasks"])
+    task.add_argument("--test-tasks", type=_positive_int,
+                      default=COMPARE_DEFAULTS["test_tasks"])
+    task.add_argument("--eval-queries", type=_positive_int, default=None,
+                      help="queries per class at meta-val/test; None = every remaining image")
+    task.add_argument("--seed", type=_positive_int, default=d.seed)
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated subset of: {', '.join(METHODS)} (default: all)")
+    p.add_argument("--preset", choices=("auto", *PRESETS), default="auto",
+                   help="LEO's hyper-parameters (auto: as for train)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_threads(p)
+    p.add_argument("--json", action="store_true", help="print the rows as one JSON list")
+    p.add_argument("--out", type=Path, help="also save compare_<data>_<shot>shot.json and .png "
+                   "in this folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress messages")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import (
+        format_table,
+        parse_methods,
+        rows_to_json,
+        run_comparison,
+        save_chart,
+        save_rows,
+    )
+
+    methods = parse_methods(args.methods)  # fail fast, before any data is loaded
+    spec = _data_spec(args)
+    leo_config = preset(auto_preset(args.preset, args.data, args.dataset, args.way, args.shot))
+    train_config = TrainConfig(n_way=args.way, k_shot=args.shot, steps=args.steps,
+                               val_every=args.val_every, val_tasks=args.val_tasks,
+                               test_tasks=args.test_tasks, eval_n_query=args.eval_queries,
+                               seed=args.seed)
+    quiet = args.no_progress or args.json
+
+    def log(message: str) -> None:
+        if not args.no_progress:
+            _log(message)
+
+    bank = load_bank(spec, log=log, progress=not quiet)
+    name = args.dataset if args.data == "leo-pickles" else args.data
+    rows = run_comparison(bank, train_config, leo_config, methods, data=name,
+                          device=args.device, progress=not quiet, log=log)
+    print(rows_to_json(rows) if args.json else format_table(rows))
+    if args.out is not None:
+        stem = args.out / f"compare_{name}_{args.shot}shot"
+        save_rows(stem.with_suffix(".json"), rows)
+        save_chart(stem.with_suffix(".png"), rows)
+        log(f"saved {stem}.json and {stem}.png")
+    return 0
+
+
 def auto_preset(name: str, data: str, dataset: str, way: int, shot: int) -> str:
     """``auto``: ``synthetic`` for synthetic data, the paper's tuned setting for 5-way 1/5-shot
     on the official miniImageNet / tieredImageNet embeddings, the official defaults otherwise."""
@@ -154,6 +216,40 @@ def auto_preset(name: str, data: str, dataset: str, way: int, shot: int) -> str:
     return tuned if prefix and way == 5 and tuned in PRESETS else "default"
 
 
+def _add_data(p: argparse.ArgumentParser) -> None:
+    data = p.add_argument_group("data")
+    data.add_argument("--data", choices=SOURCES, default="synthetic",
+                      help="built-in synthetic embeddings, the official LEO pickles, or images "
+                      "embedded by a stage-1 backbone: glyphs (built in) or omniglot (--data-dir)")
+    data.add_argument("--data-dir", type=Path, help="folder holding the official embeddings "
+                      "(<data-dir>/<dataset>/<crop>/<split>_embeddings.pkl)")
+    data.add_argument("--dataset", default="miniImageNet",
+                      help=f"{' or '.join(DATASETS)}, or the folder name of embeddings exported "
+                      "in the same layout")
+    data.add_argument("--crop", choices=CROPS, default="center")
+    data.add_argument("--train-on-val", action="store_true",
+                      help="add the meta-val classes to meta-train (the paper's final protocol)")
+    data.add_argument("--synthetic-seed", type=_positive_int, default=0,
+                      help="seed of the synthetic generator")
+
+
+def _data_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The data spec the --data flags name (a clear error when --data-dir is missing)."""
+    if args.data == "leo-pickles":
+        if args.data_dir is None:
+            raise UserError("--data leo-pickles needs --data-dir DIR, the folder that holds "
+                            f"{args.dataset}/{args.crop}/train_embeddings.pkl")
+        return leo_pickles_spec(args.data_dir, args.dataset, args.crop, args.train_on_val)
+    if args.data == "omniglot":
+        if args.data_dir is None:
+            raise UserError("--data omniglot needs --data-dir DIR, the folder that holds "
+                            "images_background/ and images_evaluation/")
+        return omniglot_spec(args.data_dir)
+    if args.data == "glyphs":
+        return glyphs_spec()
+    return synthetic_spec(SyntheticConfig(seed=args.synthetic_seed))
+
+
 def _train(args: argparse.Namespace) -> int:
     from .training import train
 
@@ -166,20 +262,7 @@ def _train(args: argparse.Namespace) -> int:
                                steps=args.steps, val_every=args.val_every,
                                val_tasks=args.val_tasks, test_tasks=args.test_tasks,
                                seed=args.seed, dtype=args.dtype)
-    if args.data == "leo-pickles":
-        if args.data_dir is None:
-            raise UserError("--data leo-pickles needs --data-dir DIR, the folder that holds "
-                            f"{args.dataset}/{args.crop}/train_embeddings.pkl")
-        spec = leo_pickles_spec(args.data_dir, args.dataset, args.crop, args.train_on_val)
-    elif args.data == "omniglot":
-        if args.data_dir is None:
-            raise UserError("--data omniglot needs --data-dir DIR, the folder that holds "
-                            "images_background/ and images_evaluation/")
-        spec = omniglot_spec(args.data_dir)
-    elif args.data == "glyphs":
-        spec = glyphs_spec()
-    else:
-        spec = synthetic_spec(SyntheticConfig(seed=args.synthetic_seed))
+    spec = _data_spec(args)
     bank = load_bank(spec, log=_log, progress=not args.no_progress)
     result = train(leo_config, train_config, bank, args.out, data_spec=spec, device=args.device,
                    resume=args.resume, progress=not args.no_progress)
@@ -317,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=6, help="pre-training epochs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_threads(p)
+    _add_compare(sub)
     p = sub.add_parser("info", help="a run's configuration and best validation accuracy")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -326,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = {"train": _train, "evaluate": _evaluate, "prepare": _prepare,
-               "info": _info}[args.command]
+               "compare": _compare, "info": _info}[args.command]
     if getattr(args, "threads", None):
         import torch
 
