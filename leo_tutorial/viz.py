@@ -222,3 +222,173 @@ def show_episode(images: np.ndarray, k_shot: int, predictions: np.ndarray | None
     fig.suptitle(f"A {n}-way {k_shot}-shot task: support (blue frame) and queries", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------ training curves (notebook 06)
+def plot_training_curves(history: dict, best_step: int | None = None, axes=None,
+                         total_steps: int | None = None):
+    """Meta-training curves from a run's ``metrics.json`` history: returns the two Axes.
+
+    Left: the mean query loss of the meta-training batches (log scale; training mode: sampling
+    and dropout). Right: their query accuracy, and the meta-val accuracy of the deterministic
+    model with its 95% CI; a dashed line marks ``best_step`` (the model kept).
+    """
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    loss_ax, acc_ax = axes
+    train = [h for h in history.get("train", []) if np.isfinite(h["loss"])]
+    val = history.get("val", [])
+    if train:
+        steps = [h["step"] + 1 for h in train]
+        loss_ax.plot(steps, [h["loss"] for h in train], color=PALETTE[0],
+                     label="meta-train query loss (D$^{val}$ of S$^{tr}$ tasks)")
+        acc_ax.plot(steps, [h["accuracy"] for h in train], color=PALETTE[0],
+                    label="meta-train tasks (training mode: dropout, sampling)")
+    if val:
+        steps = np.array([h["step"] for h in val])
+        accuracy = np.array([h["accuracy"] for h in val])
+        ci = np.nan_to_num(np.array([h["ci95"] for h in val], dtype=float))
+        acc_ax.fill_between(steps, accuracy - ci, accuracy + ci, color=PALETTE[1], alpha=0.25,
+                            lw=0)
+        acc_ax.plot(steps, accuracy, "o-", ms=3, color=PALETTE[1],
+                    label="meta-val tasks (S$^{val}$, eval mode, 95% CI)")
+    if best_step is not None:
+        acc_ax.axvline(best_step, color=PALETTE[3], ls="--", lw=1,
+                       label=f"best meta-val step ({best_step}): model kept")
+    loss_ax.set(title="Meta-training loss", xlabel="meta-training step",
+                ylabel="query cross-entropy (log scale)", yscale="log")
+    acc_ax.set(title="Accuracy during meta-training", xlabel="meta-training step",
+               ylabel="query accuracy")
+    if total_steps:
+        for ax in axes:
+            ax.set_xlim(0, total_steps)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
+    return axes
+
+
+class LiveTrainingCurves:
+    """A ``training.train`` callback that redraws :func:`plot_training_curves` in place.
+
+    In a notebook each call replaces the previous frame (``clear_output(wait=True)``), so the
+    cell keeps one figure: the last frame. ``frames`` counts the redraws.
+    """
+
+    def __init__(self, total_steps: int | None = None, title: str | None = None):
+        self.total_steps, self.title, self.frames = total_steps, title, 0
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        import matplotlib.pyplot as plt
+        from IPython.display import clear_output, display
+
+        history = metrics["history"]
+        best = max(history["val"], key=lambda h: h["accuracy"])["step"]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        plot_training_curves(history, best_step=best, axes=axes, total_steps=self.total_steps)
+        fig.suptitle(f"{self.title or 'Meta-training'}: step {step}", fontsize=11)
+        fig.tight_layout()
+        clear_output(wait=True)
+        display(fig)
+        plt.close(fig)
+        self.frames += 1
+
+
+# --------------------------------------------------------------- the latent space (notebook 08)
+def scatter_codes(ax, points: np.ndarray, groups: np.ndarray, names: list[str],
+                  title: str = "", size: float = 6, alpha: float = 0.6, xlabel: str = "",
+                  ylabel: str = ""):
+    """2-D points [M, 2] coloured by ``groups`` [M] (ints: index into ``names``; -1 = grey,
+    drawn first, unlabelled). Returns the Axes."""
+    points, groups = np.asarray(points), np.asarray(groups)
+    rest = groups < 0
+    if rest.any():
+        ax.scatter(*points[rest].T, s=size * 0.6, color="0.8", alpha=0.5, lw=0,
+                   label="other classes")
+    for g, name in enumerate(names):
+        mask = groups == g
+        ax.scatter(*points[mask].T, s=size, color=PALETTE[g % len(PALETTE)], alpha=alpha, lw=0,
+                   label=name)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    return ax
+
+
+def plot_code_paths(ax, paths: np.ndarray, title: str = "Inner-loop paths of the class codes",
+                    xlabel: str = "PC 1", ylabel: str = "PC 2"):
+    """Inner-loop paths in 2-D: ``paths`` [T, S+1, N, 2] (tasks, steps, classes). Class n's path
+    is drawn in colour n from a circle (z) to a square (z'). Returns the Axes."""
+    paths = np.asarray(paths)
+    for task in paths:
+        for n in range(task.shape[1]):
+            color = PALETTE[n % len(PALETTE)]
+            ax.plot(*task[:, n].T, "-", color=color, lw=1, alpha=0.8)
+            ax.plot(*task[0, n], "o", color=color, ms=5, mfc="white")
+            ax.plot(*task[-1, n], "s", color=color, ms=5)
+    handles = [ax.plot([], [], "o", color="0.3", mfc="white", ms=5)[0],
+               ax.plot([], [], "s", color="0.3", ms=5)[0]]
+    handles += [ax.plot([], [], "-", color=PALETTE[n], lw=2)[0] for n in range(paths.shape[2])]
+    ax.legend(handles, ["z (encoder)", "z' (adapted)"] + [f"label {n}" for n in
+                                                          range(paths.shape[2])],
+              fontsize=7, loc="best")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return ax
+
+
+def plot_interpolation(ax, t: np.ndarray, probs: np.ndarray, a: int, b: int, title: str = ""):
+    """Classifier along the line z_a -> z_b (``latent.interpolate_class_code``): probs
+    [P, N, N] (true class, label). Returns the Axes."""
+    ax.plot(t, probs[:, a, a], "-", color=PALETTE[0], lw=2,
+            label=f"class {a}'s queries: P(label {a})")
+    ax.plot(t, probs[:, b, a], "--", color=PALETTE[1], lw=2,
+            label=f"class {b}'s queries: P(label {a})")
+    ax.plot(t, probs[:, b, b], ":", color=PALETTE[2], lw=2,
+            label=f"class {b}'s queries: P(label {b})")
+    ax.set(title=title or f"Moving label {a}'s code towards label {b}'s",
+           xlabel=f"t in (1 - t) z_{a} + t z_{b}", ylabel="mean predicted probability",
+           ylim=(0, 1))
+    ax.legend(fontsize=8, loc="best")
+    return ax
+
+
+def explorer_figure(trajectory, step: int, projection):  # noqa: ANN001 (latent types)
+    """The latent explorer's picture of one task at inner ``step``: returns a Figure.
+
+    ``trajectory`` is a ``latent.TaskTrajectory``, ``projection`` a ``latent.PCA`` fitted on
+    its codes. Left: the class codes' paths in 2-D up to ``step``. Middle: the decoded weights w
+    [N, D]. Right: the mean predicted probabilities on the queries (true class x label).
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.6), dpi=80)
+    code_ax, w_ax, p_ax = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1.3, 0.9]})
+    points = projection(trajectory.z)  # [S+1, N, 2]
+    n = points.shape[1]
+    for c in range(n):
+        color = PALETTE[c % len(PALETTE)]
+        code_ax.plot(*points[:, c].T, "-", color=color, alpha=0.2, lw=1)
+        code_ax.plot(*points[:step + 1, c].T, "-", color=color, lw=1.5)
+        code_ax.plot(*points[0, c], "o", color=color, mfc="white", ms=5)
+        code_ax.plot(*points[step, c], "s", color=color, ms=7, label=f"label {c}")
+    code_ax.set(title=f"codes z (PCA), step {step}", xlabel="PC 1", ylabel="PC 2")
+    code_ax.legend(fontsize=7, loc="best")
+    w = trajectory.w[step]
+    limit = np.abs(trajectory.w).max()
+    image = w_ax.imshow(w, aspect="auto", cmap="PuOr", vmin=-limit, vmax=limit)
+    fig.colorbar(image, ax=w_ax, fraction=0.05)
+    w_ax.set(title="decoded weights w (one row per label)", xlabel="embedding dimension",
+             ylabel="label", yticks=range(n))
+    w_ax.grid(False)
+    probs = trajectory.query_probs[step].mean(axis=1)  # [N true, N label]
+    p_ax.imshow(probs, cmap="cividis", vmin=0, vmax=1)
+    for (i, j), value in np.ndenumerate(probs):
+        p_ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                  color="white" if value < 0.5 else "black")
+    p_ax.set(title=f"query predictions: accuracy {trajectory.query_accuracy[step]:.2f}",
+             xlabel="predicted label (mean probability)", ylabel="true class",
+             xticks=range(n), yticks=range(n))
+    p_ax.grid(False)
+    fig.tight_layout()
+    return fig

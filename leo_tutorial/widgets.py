@@ -1,0 +1,78 @@
+"""Interactive explorers for the notebooks (ipywidgets).
+
+Explorers are thin: a few controls wired to plain library functions (``leo_tutorial.latent``,
+``leo_tutorial.viz``, ...) that do the work and are tested on their own. Each explorer keeps its
+controls as attributes and its current answer in ``result``, so it can be driven without a
+browser (set a slider's ``value``, call a button's ``click()``, read ``result``): that is how
+the tests and the checked notebook cells use them.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import ipywidgets as widgets
+
+from . import latent, viz
+from .data import TaskBatch
+from .errors import UserError
+from .model import LEO
+
+
+def figure_png(fig: Any) -> bytes:
+    """A matplotlib Figure as PNG bytes (for an ``ipywidgets.Image``)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+class LatentExplorer:
+    """Pick a task, step LEO's latent inner loop (eq. 5) with a slider, watch the class codes,
+    the decoded weights and the query predictions change (notebook 08).
+
+    Controls: ``task`` (which task of ``tasks``), ``step`` (inner step 0..``steps``) and
+    ``next_step`` (a button: one step more). ``result`` holds the numbers on show; ``image``
+    the picture (:func:`viz.explorer_figure`). Callback: :func:`latent.task_trajectory`.
+    """
+
+    def __init__(self, model: LEO, tasks: TaskBatch, steps: int = 10):
+        if steps < 1:
+            raise UserError(f"steps must be >= 1, got {steps}")
+        self.model, self.tasks = model, tasks
+        self.task = widgets.IntSlider(0, min=0, max=tasks.batch_size - 1, description="task")
+        self.step = widgets.IntSlider(0, min=0, max=steps, description="inner step")
+        self.next_step = widgets.Button(description="one step more")
+        self.image = widgets.Image(format="png")
+        self.summary = widgets.HTML()
+        self.widget = widgets.VBox([widgets.HBox([self.task, self.step, self.next_step]),
+                                    self.image, self.summary])
+        self.trajectory: latent.TaskTrajectory | None = None
+        self.result: dict[str, Any] = {}
+        self.task.observe(lambda _: self._load_task(), names="value")
+        self.step.observe(lambda _: self._draw(), names="value")
+        self.next_step.on_click(lambda _: self._advance())
+        self._load_task()
+
+    def _load_task(self) -> None:
+        self.trajectory = latent.task_trajectory(self.model, self.tasks.task(self.task.value),
+                                                 self.step.max)
+        self.projection = latent.fit_pca(self.trajectory.z)
+        self._draw()
+
+    def _advance(self) -> None:
+        self.step.value = min(self.step.value + 1, self.step.max)
+
+    def _draw(self) -> None:
+        trajectory, step = self.trajectory, self.step.value
+        self.result = {"task": self.task.value, "step": step,
+                       "support_loss": float(trajectory.support_loss[step]),
+                       "query_accuracy": float(trajectory.query_accuracy[step]),
+                       "predictions": trajectory.query_probs[step].argmax(-1)}
+        self.image.value = figure_png(viz.explorer_figure(trajectory, step, self.projection))
+        self.summary.value = (f"task {self.task.value}, inner step {step}: support loss "
+                              f"{self.result['support_loss']:.3f}, query accuracy "
+                              f"{self.result['query_accuracy']:.2f}")
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
