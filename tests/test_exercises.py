@@ -1,0 +1,166 @@
+"""The exercise generator (leo_tutorial.exercises, scripts/make_exercises.py) and the committed
+exercise notebooks (notebooks/exercises/, run by nbval like every notebook)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from leo_tutorial import checks
+from leo_tutorial.errors import UserError
+from leo_tutorial.exercises import (
+    DEFAULT_HINT,
+    HEADER_ID,
+    exercise_names,
+    exercise_path,
+    is_up_to_date,
+    make_exercise,
+    source_notebooks,
+    strip_solutions,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+
+SOLVED = '''import torch
+
+def latent_step(z, grad, inner_lr):  # eq. 5
+    ### BEGIN SOLUTION hint: z' = z - alpha * grad
+    step = inner_lr * grad
+    return z - step
+    ### END SOLUTION
+
+print("kept")'''
+
+
+def synthetic_notebook(*cells: tuple[str, str]) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    for i, (kind, source) in enumerate(cells):
+        make = nbformat.v4.new_code_cell if kind == "code" else nbformat.v4.new_markdown_cell
+        nb.cells.append(make(source, id=f"cell-{i}"))
+    return nb
+
+
+def test_strip_solutions_replaces_the_region_and_keeps_the_rest():
+    source, regions = strip_solutions(SOLVED)
+    assert regions == 1
+    assert source == '''import torch
+
+def latent_step(z, grad, inner_lr):  # eq. 5
+    raise NotImplementedError("z' = z - alpha * grad")
+
+print("kept")'''
+    namespace: dict = {}
+    exec(source, namespace)  # the stub is valid Python and raises with the hint
+    with pytest.raises(NotImplementedError, match="z' = z - alpha"):
+        namespace["latent_step"](1.0, 1.0, 1.0)
+
+
+def test_strip_solutions_without_hint_and_several_regions():
+    source, regions = strip_solutions(
+        "a = 1\n### BEGIN SOLUTION\nb = 2\n### END SOLUTION\nif a:\n"
+        "    ### BEGIN SOLUTION\n    c = 3\n    ### END SOLUTION\n")
+    assert regions == 2
+    assert source == (f"a = 1\nraise NotImplementedError({DEFAULT_HINT!r})\nif a:\n"
+                      f"    raise NotImplementedError({DEFAULT_HINT!r})\n")
+    assert strip_solutions("x = 1  # no markers") == ("x = 1  # no markers", 0)
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("### BEGIN SOLUTION\nx = 1\n", "line 1: '### BEGIN SOLUTION' is never closed"),
+    ("x = 1\n### END SOLUTION\n", "line 2: '### END SOLUTION' without a '### BEGIN SOLUTION'"),
+    ("### BEGIN SOLUTION\n### BEGIN SOLUTION\nx\n### END SOLUTION\n", "line 2:.*inside the region"),
+    ("### BEGIN SOLUTION\n\n### END SOLUTION\n", "line 1: empty solution region"),
+    ("## BEGIN SOLUTION\nx = 1\n### END SOLUTION\n", "line 1: malformed marker"),
+    ("### BEGIN SOLUTIONS\nx = 1\n### END SOLUTION\n", "line 1: malformed marker"),
+    ("### BEGIN SOLUTION\nx = 1\n#### END SOLUTION\n", "line 3: malformed marker"),
+])
+def test_malformed_markers_are_clear_errors(source, message):
+    with pytest.raises(UserError, match=f"my cell, {message}"):
+        strip_solutions(source, "my cell")
+
+
+def test_make_exercise_on_a_synthetic_notebook():
+    nb = synthetic_notebook(
+        ("markdown", "# Title\n\nSee [the spec](../docs/LEO_SPEC.md), [02](02_x.ipynb), "
+                     "[web](https://example.org) and [below](#summary)."),
+        ("code", SOLVED),
+        ("code", "# NBVAL_CHECK_OUTPUT\nlatent_step = checks.check_latent_step(latent_step)"),
+    )
+    nb.cells[1].metadata["slideshow"] = {"slide_type": "fragment"}
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="old output")]
+    nb.cells[1].execution_count = 3
+    exercise = make_exercise(nb, "04_toy")
+    assert [cell.id for cell in exercise.cells] == [HEADER_ID, "cell-0", "cell-1", "cell-2"]
+    header = exercise.cells[0].source
+    assert "Exercise version" in header and "(../04_toy.ipynb)" in header
+    assert "`latent_step`" in header and "notebooks/04_toy.ipynb" in header
+    assert exercise.cells[1].source == (
+        "# Title\n\nSee [the spec](../../docs/LEO_SPEC.md), [02](../02_x.ipynb), "
+        "[web](https://example.org) and [below](#summary).")
+    code = exercise.cells[2]
+    assert "NotImplementedError" in code.source and "z - step" not in code.source
+    assert code.source.endswith('print("kept")')
+    assert code.metadata["slideshow"] == {"slide_type": "fragment"}  # metadata preserved
+    assert code.outputs == [] and code.execution_count is None
+    assert exercise.cells[3].source == nb.cells[2].source
+    assert nb.cells[1].source == SOLVED  # the source notebook is not modified
+    assert exercise_names(exercise) == ["latent_step"]
+
+
+def test_make_exercise_needs_a_check_after_each_region():
+    nb = synthetic_notebook(("code", SOLVED), ("markdown", "text"), ("code", "print(1)"))
+    with pytest.raises(UserError, match="04_toy, cell 0: a solution region needs a "
+                                        "checks.check_"):
+        make_exercise(nb, "04_toy")
+    nb.cells[2].source = "f = checks.check_latent_step(latent_step)"
+    assert exercise_names(make_exercise(nb, "04_toy")) == ["latent_step"]  # next code cell
+    with pytest.raises(UserError, match="no solution regions"):
+        make_exercise(synthetic_notebook(("code", "x = 1")), "00_tour")
+    with pytest.raises(UserError, match="cell 0: solution markers belong in code cells"):
+        make_exercise(synthetic_notebook(("markdown", "### BEGIN SOLUTION")), "00_tour")
+
+
+# ------------------------------------------------------------------ the repository's notebooks
+SOURCES = source_notebooks(NOTEBOOKS)
+
+
+def test_every_concept_notebook_has_exercises_with_known_checks():
+    names = {path.stem: exercise_names(nbformat.read(path, as_version=4)) for path in SOURCES}
+    assert sorted(names) == ["01_problem_setup", "02_encoder_relation_net", "03_decoder",
+                             "04_inner_loop", "05_meta_objective"]
+    for stem, functions in names.items():
+        for name in functions:
+            assert checks.EXERCISES[name].notebook == stem
+    assert sorted(sum(names.values(), [])) == sorted(checks.EXERCISES)
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[path.stem for path in SOURCES])
+def test_exercise_notebooks_are_up_to_date(source):
+    assert is_up_to_date(source), (f"{exercise_path(source).relative_to(ROOT)} is out of date: "
+                                   "run scripts/make_exercises.py")
+    exercise = nbformat.read(exercise_path(source), as_version=4)
+    stubs = [cell for cell in exercise.cells if "raise NotImplementedError(" in cell.source]
+    assert len(stubs) >= 1
+    outputs = "".join(output.get("text", "") for cell in exercise.cells
+                      for output in cell.get("outputs", []))
+    assert outputs.count("not implemented yet") == len(exercise_names(exercise))
+    assert "✓" not in outputs and "✗" not in outputs  # committed from an untouched run
+    assert [cell.execution_count for cell in exercise.cells if cell.cell_type == "code"] == \
+        list(range(1, 1 + sum(cell.cell_type == "code" for cell in exercise.cells)))
+
+
+def test_no_stale_exercise_notebooks():
+    expected = {exercise_path(source).name for source in SOURCES}
+    assert {path.name for path in (NOTEBOOKS / "exercises").glob("*.ipynb")} == expected
+
+
+def test_make_exercises_check_mode(tmp_path):
+    script = ROOT / "scripts" / "make_exercises.py"
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
