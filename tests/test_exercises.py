@@ -3,7 +3,7 @@ exercise notebooks (notebooks/exercises/, run by nbval like every notebook)."""
 
 from __future__ import annotations
 
-import subprocess
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -159,8 +159,45 @@ def test_no_stale_exercise_notebooks():
     assert {path.name for path in (NOTEBOOKS / "exercises").glob("*.ipynb")} == expected
 
 
-def test_make_exercises_check_mode(tmp_path):
-    script = ROOT / "scripts" / "make_exercises.py"
-    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True,
-                          text=True, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
+def _load_script():
+    scripts = str(ROOT / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)  # make_exercises imports execute_notebooks next to it
+    spec = importlib.util.spec_from_file_location("make_exercises", ROOT / "scripts" /
+                                                  "make_exercises.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_exercises_check_mode_on_the_repository(capsys):
+    assert _load_script().main(["--check"]) == 0, capsys.readouterr().out
+
+
+def test_make_exercises_check_mode_finds_outdated_and_stale_files(tmp_path, monkeypatch, capsys):
+    script = _load_script()
+    monkeypatch.setattr(script, "ROOT", tmp_path)
+    monkeypatch.setattr(script, "NOTEBOOKS", tmp_path / "notebooks")
+    source = tmp_path / "notebooks" / "04_toy.ipynb"
+    source.parent.mkdir()
+    nb = synthetic_notebook(("code", SOLVED), ("code", "f = checks.check_latent_step(f)"))
+    nbformat.write(nb, source)
+    assert script.main(["--check"]) == 1
+    assert "out of date: notebooks/exercises/04_toy.ipynb" in capsys.readouterr().out
+    exercise_path(source).parent.mkdir()
+    nbformat.write(make_exercise(nb, "04_toy"), exercise_path(source))
+    assert script.main(["--check"]) == 0
+    nb.cells[1].source += "\nprint(f)"
+    nbformat.write(nb, source)
+    assert script.main(["--check"]) == 1
+    nbformat.write(make_exercise(nb, "04_toy"), exercise_path(source))
+    nbformat.write(nb, tmp_path / "notebooks" / "exercises" / "03_gone.ipynb")
+    assert script.main(["--check"]) == 1
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "out of date: notebooks/exercises/03_gone.ipynb",
+        "fix: .venv/bin/python scripts/make_exercises.py"]
+    nb.cells[0].source = SOLVED.replace("### END SOLUTION", "")
+    nbformat.write(nb, source)
+    assert script.main(["--check"]) == 2
+    assert "04_toy, cell 0, line 4: '### BEGIN SOLUTION' is never closed" in \
+        capsys.readouterr().err
