@@ -392,3 +392,43 @@ def explorer_figure(trajectory, step: int, projection):  # noqa: ANN001 (latent 
     p_ax.grid(False)
     fig.tight_layout()
     return fig
+
+
+def plot_function_samples(ax, grid, functions, support_x, support_y, true_y=None,
+                          title: str = "", color: str | None = None, label: str = "sampled f"):
+    """The paper's Fig. 2 style on ``ax``: sampled functions ``functions`` [S, G] on ``grid``
+    [G] as thin dotted lines, the true function ``true_y`` [G] (optional) in black, the K
+    support points as vermilion circles with dashed vertical lines. Returns ``ax``."""
+    grid = np.asarray(grid, dtype=float)
+    color = color or PALETTE[0]
+    for i, f in enumerate(np.asarray(functions, dtype=float)):
+        ax.plot(grid, f, ":", lw=1.0, color=color, alpha=0.7, label=label if i == 0 else None)
+    if true_y is not None:
+        ax.plot(grid, np.asarray(true_y, dtype=float).ravel(), "-", lw=2, color="black",
+                label="true function")
+    xs, ys = np.asarray(support_x, dtype=float).ravel(), np.asarray(support_y, dtype=float).ravel()
+    for x in xs:
+        ax.axvline(x, ls="--", lw=0.8, color=PALETTE[3], alpha=0.6)
+    ax.plot(xs, ys, "o", ms=8, mfc="none", mew=2, color=PALETTE[3],
+            label=f"support points (K = {len(xs)})")
+    ax.set(xlabel="x", ylabel="y", title=title, xlim=(grid.min(), grid.max()))
+    ax.legend(fontsize=8, loc="upper left")
+    return ax
+
+
+def function_samples_figure(samples, support_x, support_y, true_y=None, title: str = ""):
+    """Two panels in the paper's Fig. 2 style for one set of support points: functions sampled
+    before (z ~ q(z | D^tr)) and after the latent inner loop (z'). ``samples`` is a
+    :class:`leo_tutorial.regression.FunctionSamples`. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    panels = [(samples.before, "before adaptation: $z \\sim q(z \\mid D^{tr})$", PALETTE[5]),
+              (samples.after, "after the inner loop: $z'$", PALETTE[0])]
+    for ax, (functions, name, color) in zip(axes, panels, strict=True):
+        plot_function_samples(ax, samples.grid, functions, support_x, support_y, true_y,
+                              f"{len(functions)} sampled functions, {name}", color)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

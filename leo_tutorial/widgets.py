@@ -14,7 +14,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from . import latent, viz
+from . import latent, regression, viz
 from .data import TaskBatch
 from .errors import UserError
 from .model import LEO
@@ -73,6 +73,55 @@ class LatentExplorer:
         self.summary.value = (f"task {self.task.value}, inner step {step}: support loss "
                               f"{self.result['support_loss']:.3f}, query accuracy "
                               f"{self.result['query_accuracy']:.2f}")
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+class RegressionExplorer:
+    """Move the K support points of a regression task with sliders and watch the functions
+    sampled from regression LEO change, before and after adaptation (notebook 09, paper Fig. 2).
+
+    Controls: ``xs`` and ``ys``, one slider per point. ``result`` holds the current
+    :class:`leo_tutorial.regression.FunctionSamples` (``samples``), the points and the fraction
+    of adapted samples closer to a line than to a sine; ``image`` the picture
+    (:func:`viz.function_samples_figure`). Callbacks: :func:`regression.sample_functions`,
+    :func:`regression.line_fraction`.
+    """
+
+    def __init__(self, model: regression.RegressionLEO, support_x: list[float],
+                 support_y: list[float], n_samples: int = 30, seed: int = 0):
+        if len(support_x) != len(support_y) or not support_x:
+            raise UserError(f"need as many x as y values (at least one), got {len(support_x)} "
+                            f"and {len(support_y)}")
+        self.model, self.n_samples, self.seed = model, n_samples, seed
+        slider = dict(step=0.1, continuous_update=False, readout_format=".1f")
+        self.xs = [widgets.FloatSlider(float(x), min=-5, max=5, description=f"x{k}", **slider)
+                   for k, x in enumerate(support_x)]
+        self.ys = [widgets.FloatSlider(float(y), min=-6, max=6, description=f"y{k}", **slider)
+                   for k, y in enumerate(support_y)]
+        self.image = widgets.Image(format="png")
+        self.summary = widgets.HTML()
+        self.widget = widgets.VBox([widgets.HBox([widgets.VBox(self.xs), widgets.VBox(self.ys)]),
+                                    self.image, self.summary])
+        self.result: dict[str, Any] = {}
+        for control in self.xs + self.ys:
+            control.observe(lambda _: self._draw(), names="value")
+        self._draw()
+
+    def _draw(self) -> None:
+        import matplotlib.pyplot as plt
+
+        xs, ys = [s.value for s in self.xs], [s.value for s in self.ys]
+        samples = regression.sample_functions(self.model, xs, ys, n_samples=self.n_samples,
+                                              seed=self.seed)
+        self.result = {"x": xs, "y": ys, "samples": samples,
+                       "line_fraction": regression.line_fraction(samples)}
+        fig = viz.function_samples_figure(samples, xs, ys)
+        self.image.value = figure_png(fig)
+        plt.close(fig)
+        self.summary.value = (f"{100 * self.result['line_fraction']:.0f}% of the adapted "
+                              "samples are closer to a line than to a sine")
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
