@@ -412,7 +412,7 @@ def plot_function_samples(ax, grid, functions, support_x, support_y, true_y=None
     ax.plot(xs, ys, "o", ms=8, mfc="none", mew=2, color=PALETTE[3],
             label=f"support points (K = {len(xs)})")
     ax.set(xlabel="x", ylabel="y", title=title, xlim=(grid.min(), grid.max()))
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="best")
     return ax
 
 
