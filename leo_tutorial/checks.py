@@ -105,7 +105,8 @@ def check(name: str, fn: Callable) -> Callable:
         print(f"… {name}: not implemented yet — the notebook uses the library's reference below.")
         return exercise.reference
     except Exception as error:  # noqa: BLE001 (the learner's code may raise anything)
-        problem = f"your function raised {type(error).__name__}: {error}"
+        problem = (f"your function raised {type(error).__name__}: {error} (the check uses other "
+                   "sizes than the notebook: take them from the arguments, not from globals)")
     if problem is None:
         print(f"✓ {name} passed: {exercise.title}")
         return fn
@@ -403,6 +404,9 @@ def _diagnose_decode_weights(fn: Callable) -> str | None:
                     "layout [2D, Z]: params = z @ decoder_weight.T")
         if not (isinstance(out, tuple) and len(out) == 2):
             return "return the pair (mean, std), each [B, N, K, D]"
+        if isinstance(out[0], Tensor) and out[0].shape[-1] == 2 * d:
+            return ("the mean has all 2D entries of params: split them into halves with "
+                    "params.chunk(2, dim=-1) (not with the notebook's global D)")
         if _close(out[0].detach(), std) and _close(out[1].detach(), mean):
             return "return (mean, std) in that order"
         if _close(out[0].detach(), second) and _close(out[1].detach(),

@@ -185,6 +185,9 @@ WRONG = [
      lambda z, w, o: ((z @ w.T).chunk(2, -1)[0], F.softplus((z @ w.T).chunk(2, -1)[1])),
      "softplus"),
     ("decode_weights", lambda z, w, o: z @ w.T, "return the pair (mean, std)"),
+    ("decode_weights",  # the notebook's D = 640 is larger than the check's sizes
+     lambda z, w, o: ((z @ w.T)[..., :640], official_std((z @ w.T)[..., 640:], o)),
+     "not with the notebook's global D"),
     # notebook 03: the logits
     ("predict_mine", lambda x, W: predict_mine(x, W[:, :, :1]), "not just the first"),
     ("predict_mine", lambda x, W: x @ W.sum(dim=2).transpose(1, 2).unsqueeze(1), "not their sum"),
@@ -257,6 +260,7 @@ def test_check_prints_the_verdict_and_returns_the_function_to_continue_with(caps
     assert checks.check_official_std(lambda u, offset: u + "1") is checks.official_std_reference
     out = capsys.readouterr().out
     assert out.startswith("✗ official_std: your function raised TypeError")
+    assert "take them from the arguments, not from globals" in out
     assert "use the library's reference until it passes" in out
     assert checks.check_latent_step(lambda m, z, x, y: latent_step(m, z, x, y, sign=-1.0)) \
         is checks.latent_step_reference
