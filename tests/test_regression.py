@@ -160,21 +160,26 @@ def test_adaptation_lowers_the_support_loss_of_the_shipped_model():
     batch = sample_tasks(200, seed=123)
     losses = support_loss_per_step(model, batch, seed=0)
     assert losses.shape == (model.config.inner_unroll_length + 1,)
-    assert losses[-1] < 0.5 * losses[0]
+    assert losses[-1] < 0.2 * losses[0]
     assert metrics["query_mse"] < 0.5 * metrics["untrained_query_mse"]
+    assert metrics["query_mse_median"] < 0.1 * metrics["untrained_query_mse_median"]
 
 
 def test_short_training_lowers_query_mse():
+    """80 meta-steps of 8 tasks: the median query MSE over 300 held-out tasks falls well below
+    the untrained model's (about 2 vs 7; the median, because a few steep lines dominate the
+    mean of a barely trained model)."""
     config = RegressionConfig(inner_unroll_length=2)
     untrained = train_regression(config, steps=0, progress=False).model
     result = train_regression(config, steps=80, batch_size=8, progress=False, log_every=40)
     assert len(result.history) == 2
     batch = sample_tasks(300, seed=99)
-    torch.manual_seed(0)
     with torch.no_grad():
-        before = untrained(batch).query_loss.mean().item()
-        after = result.model(batch).query_loss.mean().item()
-    assert after < 0.6 * before, (before, after)
+        torch.manual_seed(0)
+        before = untrained(batch).query_loss.median().item()
+        torch.manual_seed(0)
+        after = result.model(batch).query_loss.median().item()
+    assert after < 0.5 * before, (before, after)
 
 
 def test_closer_to_line():
