@@ -131,8 +131,8 @@ SOURCES = source_notebooks(NOTEBOOKS)
 
 def test_every_concept_notebook_has_exercises_with_known_checks():
     names = {path.stem: exercise_names(nbformat.read(path, as_version=4)) for path in SOURCES}
-    assert sorted(names) == ["01_problem_setup", "02_encoder_relation_net", "03_decoder",
-                             "04_inner_loop", "05_meta_objective"]
+    assert {"01_problem_setup", "02_encoder_relation_net", "03_decoder", "04_inner_loop",
+            "05_meta_objective"} <= set(names)  # at least one exercise per concept notebook
     for stem, functions in names.items():
         for name in functions:
             assert checks.EXERCISES[name].notebook == stem
