@@ -242,7 +242,7 @@ class LogisticRegressionProbe(Baseline):
         logits = np.empty((b, n * v, n))
         with threadpool_limits(1):  # tiny problems: extra BLAS threads only add overhead
             for t in range(b):
-                probe = LogisticRegression(C=self.config.probe_c, tol=1e-6, max_iter=1000)
+                probe = LogisticRegression(C=self.config.probe_c, max_iter=1000)
                 probe.fit(xs[t], ys[t])
                 logits[t] = probe.decision_function(xq[t])
         return torch.from_numpy(logits).to(query_x.dtype).view(b, n, v, n)
