@@ -305,11 +305,12 @@ class RegressionLEO(nn.Module):
 
     # ------------------------------------------------------------------ inner loop (eq. 5)
     def leo_inner_loop(self, x: Tensor, y: Tensor, z: Tensor) -> RegressionAdaptation:
-        """z' = z - alpha * grad_z MSE(f_theta(z)(x), y), ``inner_unroll_length`` times.
+        """z' = z - alpha * clip(grad_z MSE(f_theta(z)(x), y)), ``inner_unroll_length`` times.
 
-        Every step decodes a new theta sample. With gradients enabled the steps stay in the graph
-        (second-order meta-gradient); under ``torch.no_grad()`` the loop still computes its
-        inner gradients, on detached tensors.
+        Each task's gradient is clipped to norm ``inner_grad_norm`` (our addition, see the module
+        docstring). Every step decodes a new theta sample. With gradients enabled the steps stay
+        in the graph (second-order meta-gradient); under ``torch.no_grad()`` the loop still
+        computes its inner gradients, on detached tensors.
         """
         meta = torch.is_grad_enabled()
         with torch.enable_grad():

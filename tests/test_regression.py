@@ -182,6 +182,14 @@ def test_short_training_lowers_query_mse():
     assert after < 0.5 * before, (before, after)
 
 
+def test_training_is_reproducible_under_its_seed():
+    runs = [train_regression(SMALL, steps=3, batch_size=4, seed=s, progress=False).model
+            for s in (5, 5, 6)]
+    a, b, c = (dict(m.named_parameters()) for m in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["g_d.0.weight"], c["g_d.0.weight"])
+
+
 def test_closer_to_line():
     grid = torch.linspace(-5, 5, 101)
     lines = torch.stack([2 * grid - 1, -0.5 * grid + 3])
