@@ -347,7 +347,8 @@ def plot_interpolation(ax, t: np.ndarray, probs: np.ndarray, a: int, b: int, tit
     ax.plot(t, probs[:, b, b], ":", color=PALETTE[2], lw=2,
             label=f"class {b}'s queries: P(label {b})")
     ax.set(title=title or f"Moving label {a}'s code towards label {b}'s",
-           xlabel=f"t in (1 - t) z_{a} + t z_{b}", ylabel="mean predicted probability",
+           xlabel=rf"$t$ (code of label {a} $= (1 - t)\,z_{a} + t\,z_{b}$)",
+           ylabel="mean predicted probability",
            ylim=(0, 1))
     ax.legend(fontsize=8, loc="best")
     return ax
