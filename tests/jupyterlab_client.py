@@ -63,6 +63,7 @@ class LabServer:
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
+        env.pop("TQDM_DISABLE", None)  # as in a learner's JupyterLab: progress bars on
         for name in ("config", "data", "runtime", "ipython", "settings", "workspaces"):
             (self._home / name).mkdir()
         env.update(JUPYTER_CONFIG_DIR=str(self._home / "config"),
