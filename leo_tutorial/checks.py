@@ -72,11 +72,11 @@ def _compare(got: object, expected: Tensor, mistakes: Mistakes, what: str = "the
         if _close(got, wrong.detach()):
             return hint
     if got.shape != expected.shape:
-        return (f"{what} has shape {tuple(got.shape)}, expected {tuple(expected.shape)} "
+        return (f"wrong shape of {what}: {tuple(got.shape)}, expected {tuple(expected.shape)} "
                 "(see the shapes in the comments of the cell)")
     difference = (got.double() - expected.double()).abs().max().item()
-    return (f"{what} differs from the reference by up to {difference:.3g}; compare your code "
-            "with the equation above the cell")
+    return (f"{what}: up to {difference:.3g} away from the reference; compare your code with "
+            "the equation above the cell")
 
 
 def _randn(*shape: int, generator: torch.Generator, scale: float = 1.0) -> Tensor:

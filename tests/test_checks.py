@@ -148,7 +148,7 @@ WRONG = [
     ("official_std", lambda u, o: u, "unnormalised std"),
     ("official_std", lambda u, o: torch.exp(0.5 * u), "log-variance"),
     ("official_std", lambda u, o: torch.exp(u).clamp(min=1e-10), "subtract 1 - offset"),
-    ("official_std", lambda u, o: u**2, "differs from the reference"),
+    ("official_std", lambda u, o: u**2, "away from the reference"),
     # notebook 02: sampling
     ("sample_z", lambda c, e: c.chunk(2, -1)[0] + official_std(c.chunk(2, -1)[1], 0) ** 2 * e,
      "not by the variance"),
