@@ -63,7 +63,10 @@ class LabServer:
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.pop("TQDM_DISABLE", None)  # as in a learner's JupyterLab: progress bars on
+        # as in a learner's JupyterLab: progress bars on, matplotlib's inline backend
+        # (.ci/run exports TQDM_DISABLE=1 and MPLBACKEND=Agg, which would hide both)
+        for name in ("TQDM_DISABLE", "MPLBACKEND"):
+            env.pop(name, None)
         for name in ("config", "data", "runtime", "ipython", "settings", "workspaces"):
             (self._home / name).mkdir()
         env.update(JUPYTER_CONFIG_DIR=str(self._home / "config"),
