@@ -5,8 +5,9 @@
     .venv/bin/python scripts/build_slides.py --assets cdn     # no npm: load JS from the web
 
 Each deck is what ``jupyter nbconvert --to slides --SlidesExporter.reveal_scroll=True`` makes
-of the notebook (its committed outputs, nothing is executed), after applying the slide rule of
-`scripts/slides.py` in memory, so a deck always follows the rule. Open
+of the notebook (its committed outputs, nothing is executed), after cutting markdown cells at
+their headings and applying the slide rule of `scripts/slides.py` in memory, so a deck always
+follows the rule and every section opens its own slide. Open
 ``build/slides/NN_name.slides.html`` in a browser; arrow keys move between slides, space
 reveals the "What to notice" fragments, ``s`` opens the speaker view.
 
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import nbformat
 from nbconvert import SlidesExporter
-from slides import add_slide_metadata  # scripts/slides.py, next to this file
+from slides import add_slide_metadata, split_at_headings  # scripts/slides.py
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = "_assets"  # folder next to the decks; URLs below are relative to a deck
@@ -101,7 +102,7 @@ def exporter(assets: str) -> SlidesExporter:
 
 def build_deck(path: Path, out_dir: Path, export: SlidesExporter) -> Path:
     """Write ``out_dir/<name>.slides.html`` for the notebook at ``path``; returns its path."""
-    nb = add_slide_metadata(nbformat.read(path, as_version=4))
+    nb = add_slide_metadata(split_at_headings(nbformat.read(path, as_version=4)))
     html, _resources = export.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
     target = out_dir / f"{path.stem}.slides.html"
     tmp = target.with_suffix(".tmp")

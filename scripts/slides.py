@@ -17,10 +17,16 @@ The rule, cell by cell (first match wins):
 5. every other cell: ``-`` (continues the current slide).
 
 Running it twice gives the same notebook (idempotent); it changes nothing but that one key.
+
+For the decks, `split_at_headings` first cuts markdown cells before every heading that is not
+on their first line, so each section opens its own slide and a closing "What to notice"
+paragraph stays on the slide it belongs to (a fragment). The committed notebooks keep their
+cells; their metadata follows the rule above.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 
 import nbformat
@@ -42,6 +48,34 @@ def _heading_levels(source: str) -> set[int]:
         if match:
             levels.add(len(match.group(1)))
     return levels
+
+
+def split_at_headings(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A copy of ``nb`` whose markdown cells are cut before every heading line but the first
+    (level 1-3, outside fenced code); the pieces keep the cell's metadata, ids get ``-1``,
+    ``-2``, ... appended."""
+    out = copy.deepcopy(nb)
+    cells = []
+    for cell in out.cells:
+        if cell.cell_type != "markdown":
+            cells.append(cell)
+            continue
+        pieces, in_fence = [[]], False
+        for line in cell.source.splitlines(keepends=True):
+            if line.lstrip().startswith("```"):
+                in_fence = not in_fence
+            match = None if in_fence else _HEADING.match(line)
+            if match and len(match.group(1)) <= 3 and any(x.strip() for x in pieces[-1]):
+                pieces.append([])
+            pieces[-1].append(line)
+        for k, piece in enumerate(pieces):
+            part = copy.deepcopy(cell)
+            part.source = "".join(piece).strip("\n")
+            if k and "id" in part:
+                part.id = f"{cell.id[:60]}-{k}"
+            cells.append(part)
+    out.cells = cells
+    return out
 
 
 def is_setup_cell(cell: nbformat.NotebookNode) -> bool:

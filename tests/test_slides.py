@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import build_slides  # noqa: E402
-from slides import add_slide_metadata, slide_types  # noqa: E402
+from slides import add_slide_metadata, slide_types, split_at_headings  # noqa: E402
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -43,6 +43,24 @@ def test_rule_on_a_small_notebook():
     ])
     assert slide_types(nb) == ["slide", "skip", "slide", "-", "-", "fragment", "slide",
                                "subslide", "-", "-", "-"]
+
+
+def test_split_at_headings_for_decks():
+    nb = new_notebook(cells=[
+        new_markdown_cell("**What to see:** the curve.\n\n## 2. Next\n\nIntro."),
+        new_markdown_cell("## Summary\n\n- a\n\n## Exercises\n\n### Hard\n1. b\n#### Minor"),
+        new_markdown_cell("Text\n```python\n## not a heading\n```"),
+        new_code_cell("## a comment, not markdown\nx = 1"),
+    ])
+    split = split_at_headings(nb)
+    nbformat.validate(split)
+    assert [c.source for c in split.cells] == [
+        "**What to see:** the curve.", "## 2. Next\n\nIntro.", "## Summary\n\n- a",
+        "## Exercises", "### Hard\n1. b\n#### Minor", "Text\n```python\n## not a heading\n```",
+        "## a comment, not markdown\nx = 1"]
+    assert len({c.id for c in split.cells}) == len(split.cells)
+    assert slide_types(split) == ["fragment", "slide", "slide", "slide", "subslide", "-", "-"]
+    assert len(nb.cells) == 4  # the input is left alone
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -85,12 +103,13 @@ def _sections(html: str) -> int:
 
 
 def test_deck_from_nbconvert_follows_the_rule(tmp_path):
-    """A real deck of one notebook (committed outputs) has one section per slide/subslide,
-    every cell but the setup cell, its fragments, and only local asset URLs."""
+    """A real deck of one notebook (committed outputs, cells split at headings) has one
+    section per slide/subslide, every cell but the setup cell, its fragments, and only local
+    asset URLs."""
     path = ROOT / "notebooks" / "02_encoder_relation_net.ipynb"
     deck = build_slides.build_deck(path, tmp_path, build_slides.exporter("local"))
     html = deck.read_text(encoding="utf-8")
-    types = slide_types(nbformat.read(path, as_version=4))
+    types = slide_types(split_at_headings(nbformat.read(path, as_version=4)))
     # nbconvert opens <section><section> per slide and one more <section> per subslide
     assert _sections(html) == 2 * types.count("slide") + types.count("subslide")
     assert html.count('class="jp-Cell ') == len(types) - types.count("skip")
