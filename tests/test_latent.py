@@ -1,5 +1,7 @@
 """The latent-space functions of notebook 08 (and their figures): exact where the maths allows."""
 
+import json
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -11,6 +13,8 @@ import torch  # noqa: E402
 
 from leo_tutorial import LEO, LEOConfig, UserError, latent, losses, viz  # noqa: E402
 from leo_tutorial.data import EpisodeSampler, SyntheticConfig, make_synthetic_bank  # noqa: E402
+from leo_tutorial.data.sources import ASSETS, glyphs_spec  # noqa: E402
+from leo_tutorial.training import load_run  # noqa: E402
 
 SMALL = SyntheticConfig(n_train_classes=12, n_val_classes=8, n_test_classes=8,
                         images_per_class=20, dim=16, subspace_dim=4, class_scale=1.5)
@@ -19,6 +23,22 @@ SMALL = SyntheticConfig(n_train_classes=12, n_val_classes=8, n_test_classes=8,
 @pytest.fixture(scope="module")
 def bank():
     return make_synthetic_bank(SMALL)
+
+
+def test_shipped_glyph_run_is_a_complete_small_run():
+    run = ASSETS / "glyphs_leo_1shot"
+    model, record = load_run(run)
+    assert record["data"] == json.loads(json.dumps(glyphs_spec())), \
+        "the glyph data changed: run scripts/train_shipped_runs.py"
+    assert (model.embedding_dim, model.n_way) == (record["embedding_dim"], 5)
+    metrics = json.loads((run / "metrics.json").read_text())
+    test = json.loads((run / "test.json").read_text())
+    best = max(metrics["val"], key=lambda h: h["accuracy"])
+    assert best["step"] == test["best_step"] == torch.load(run / "best.pt",
+                                                           weights_only=True)["step"]
+    assert test["tasks"] == record["train_config"]["test_tasks"] and test["shot"] == 1
+    assert 0.2 < test["accuracy"] <= 1.0
+    assert sum(f.stat().st_size for f in run.iterdir()) < 1_000_000
 
 
 def small_model(dtype=torch.float64, **changes):
