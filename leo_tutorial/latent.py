@@ -15,6 +15,7 @@ batch of tasks at a time:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,8 +71,9 @@ class LatentCodes:
 def collect_codes(model: LEO, split: FeatureSplit, *, n_way: int = 5, k_shot: int = 1,
                   n_query: int = 15, tasks: int = 500, batch_size: int = 50,
                   seed: int | list[int] = 0) -> LatentCodes:
-    """z, z' and the inner-loop path of ``tasks`` tasks of ``split`` (the same seed gives the
-    same tasks). With K > 1 the K slots of a class hold the same code; one is kept."""
+    """z, z' and the inner-loop path of ``tasks`` tasks of ``split`` (the same seed and
+    batch_size give the same tasks). With K > 1 the K slots of a class hold the same code; one
+    is kept."""
     device = next(model.parameters()).device
     sampler = EpisodeSampler(split, n_way, k_shot, n_query)
     paths, classes, before, after = [], [], [], []
@@ -133,8 +135,10 @@ def tsne(x: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
 
     x = np.asarray(x, dtype=np.float64).reshape(-1, np.shape(x)[-1])
     perplexity = min(perplexity, (len(x) - 1) / 3)
+    # 500 iterations (default 1 000): scikit-learn >= 1.5 calls the argument max_iter, n_iter before
+    iterations = "max_iter" if "max_iter" in inspect.signature(TSNE).parameters else "n_iter"
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                max_iter=500).fit_transform(x)
+                **{iterations: 500}).fit_transform(x)
 
 
 # ------------------------------------------------------------------------------- separation

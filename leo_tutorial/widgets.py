@@ -48,6 +48,7 @@ class LatentExplorer:
         self.widget = widgets.VBox([widgets.HBox([self.task, self.step, self.next_step]),
                                     self.image, self.summary])
         self.trajectory: latent.TaskTrajectory | None = None
+        self.projection: latent.PCA | None = None  # fitted on the current task's codes
         self.result: dict[str, Any] = {}
         self.task.observe(lambda _: self._load_task(), names="value")
         self.step.observe(lambda _: self._draw(), names="value")
