@@ -10,10 +10,10 @@ embeddings LEO also sees) is scored on exactly the same test tasks. Prints a tab
 Glyphs are easy for both, like Omniglot. Two harder variants were tried (2026-11-28, 600 LEO
 steps, 400 test tasks, 1-shot then 5-shot); nearest centroid kept pace with LEO in both:
 
-| variant | nearest centroid | LEO |
-|---|---|---|
-| stronger distortions (rotation 20 deg, shear 0.3, scale 0.75-1.15, shift 0.12, stroke +-2), backbone retrained | 92.0 / 97.0 % | 91.6 / 97.3 % |
-| pre-pool features (288-d instead of 32-d), shipped backbone | 96.7 / 99.1 % | 96.4 / 98.6 % |
+variant                                                  nearest centroid   LEO
+stronger distortions (rotation 20 deg, shear 0.3,
+  scale 0.75-1.15, shift 0.12, stroke +-2), retrained    92.0 / 97.0 %      91.6 / 97.3 %
+pre-pool features (288-d, not 32-d), shipped backbone    96.7 / 99.1 %      96.4 / 98.6 %
 
 So the glyph data stay as they are. On features pre-trained with cross-entropy on the meta-train
 classes, a nearest-centroid rule is a strong baseline (as for the paper's features, where the
