@@ -28,9 +28,11 @@ No regression code was released; where the paper is silent we chose (LEO_SPEC §
   so the generated MLPs start as pure noise; in our runs the bias-free model stayed near the
   untrained query MSE (about 16) for hundreds of steps. The decoder's last bias starts at a
   Glorot-initialised MLP (mean half) with a std of 0.1x Glorot (u half).
-- **The inner gradient is clipped per task** to norm 5 (``inner_grad_norm``). With an MSE loss
+- **The inner gradient is clipped per task** to norm 20 (``inner_grad_norm``). With an MSE loss
   the support gradient grows with the residual, and the residual with exp(u(z)): without the
-  clip, single tasks diverged to inf/NaN within a few hundred meta-steps.
+  clip, single tasks diverge to inf/NaN (in training, and after 2 000 steps still at
+  evaluation). With the defaults, norms 5 / 20 / 50 gave a held-out query MSE of 1.89 / 1.21 /
+  0.93 (mean over 500 tasks) and 0.31 / 0.29 / 0.33 (median).
 
 Following the spec's (unverified) recollection of the paper, **z and theta are sampled at
 training and at evaluation time alike**: ``model.eval()`` changes nothing, and predictions are
@@ -151,7 +153,7 @@ class RegressionConfig:
     decoder_hidden: int = 32
     inner_unroll_length: int = 5  # T latent steps
     inner_lr_init: float = 0.1  # alpha, learned per latent dimension
-    inner_grad_norm: float = 5.0  # each task's inner gradient is clipped to this norm (0 = off)
+    inner_grad_norm: float = 20.0  # each task's inner gradient is clipped to this norm (0 = off)
     kl_weight: float = 0.1  # beta
     encoder_penalty_weight: float = 1e-3  # gamma
     l2_penalty_weight: float = 1e-6  # lambda_1

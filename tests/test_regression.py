@@ -167,7 +167,7 @@ def test_adaptation_lowers_the_support_loss_of_the_shipped_model():
 
 def test_short_training_lowers_query_mse():
     """80 meta-steps of 8 tasks: the median query MSE over 300 held-out tasks falls well below
-    the untrained model's (about 2 vs 7; the median, because a few steep lines dominate the
+    the untrained model's (about 3 vs 7; the median, because a few steep lines dominate the
     mean of a barely trained model)."""
     config = RegressionConfig(inner_unroll_length=2)
     untrained = train_regression(config, steps=0, progress=False).model
