@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .baselines import BASELINES, PROBE_CS, BaselineConfig
+from .baselines import BASELINES, INNER_LRS, PROBE_CS, BaselineConfig
 from .config import LEOConfig, TrainConfig
 from .data import EpisodeSampler, FeatureBank
 from .errors import UserError
@@ -104,16 +104,27 @@ def fit(name: str, bank: FeatureBank, tc: TrainConfig, leo_config: LEOConfig,
         progress: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train method ``name`` and select it on S^val, exactly as :func:`training.train` does
     (same seeds, batches, optimiser, clipping, validation schedule; the best state is kept in
-    memory instead of ``best.pt``). Returns (model, {val_accuracy, best_step})."""
+    memory instead of ``best.pt``). MAML's / Meta-SGD's alpha (among ``INNER_LRS``) and the
+    probe's C (among ``PROBE_CS``) are chosen on the same S^val tasks first, with the untrained
+    model. Returns (model, {val_accuracy, best_step, and the chosen alpha or C})."""
     dtype = torch_dtype(tc.dtype)
-    torch.manual_seed(step_seed(tc.seed, INIT, 0))
-    model = build_method(name, leo_config, baseline_config, bank.dim, tc.n_way, dtype).to(device)
     val_split = bank.split("val")
 
     def validate(m: torch.nn.Module) -> float:
         return evaluate(m, val_split, n_way=tc.n_way, k_shot=tc.k_shot, n_query=tc.eval_n_query,
                         tasks=tc.val_tasks, batch_size=tc.eval_batch_size, seed=[tc.seed, VAL],
                         split_name="val", device=device).accuracy
+
+    selected: dict[str, Any] = {}
+    if name in ("maml", "meta-sgd"):  # alpha (MAML's fixed rate, Meta-SGD's initial rates)
+        scores = {a: validate(build_method(name, leo_config,
+                                           baseline_config.replace(inner_lr_init=a),
+                                           bank.dim, tc.n_way, dtype).to(device))
+                  for a in INNER_LRS}
+        selected["inner_lr_init"] = max(scores, key=scores.get)
+        baseline_config = baseline_config.replace(**selected)
+    torch.manual_seed(step_seed(tc.seed, INIT, 0))
+    model = build_method(name, leo_config, baseline_config, bank.dim, tc.n_way, dtype).to(device)
 
     if name == "logreg":  # choose C on S^val (no meta-training)
         scores = {c: validate(build_method(name, leo_config, baseline_config.replace(probe_c=c),
@@ -139,7 +150,7 @@ def fit(name: str, bank: FeatureBank, tc: TrainConfig, leo_config: LEOConfig,
         torch.manual_seed(step_seed(tc.seed, TORCH, step))
         meta_step(model, optimizer, batch)
     model.load_state_dict(best_state)
-    return model, {"val_accuracy": best_val, "best_step": best_step}
+    return model, {"val_accuracy": best_val, "best_step": best_step, **selected}
 
 
 def run_comparison(bank: FeatureBank, train_config: TrainConfig, leo_config: LEOConfig,
