@@ -257,7 +257,7 @@ def plot_rows(rows: Sequence[dict[str, Any]], ax: Any = None) -> Any:
     from .viz import PALETTE
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 0.35 * len(rows) + 1.4))
+        _, ax = plt.subplots(figsize=(6.4, 0.35 * len(rows) + 1.6))
     groups = {"baseline": PALETTE[1], "LEO ablation": PALETTE[0], "LEO (full)": PALETTE[2]}
 
     def group(method: str) -> str:
@@ -274,10 +274,12 @@ def plot_rows(rows: Sequence[dict[str, Any]], ax: Any = None) -> Any:
     ax.set_xlabel("meta-test accuracy (%), 95% CI")
     if rows:
         r = rows[0]
-        ax.set_title(f"{r['way']}-way {r['shot']}-shot, {r['data']}: {r['tasks']} test tasks")
+        ax.set_title(f"{r['way']}-way {r['shot']}-shot, {r['data']}: {r['tasks']} test tasks",
+                     pad=20)
     present = {group(r["method"]) for r in rows}
     ax.legend(handles=[Patch(color=c, label=g) for g, c in groups.items() if g in present],
-              loc="lower right", fontsize=8)
+              loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8,
+              frameon=False)  # between the title and the bars: never over a bar
     return ax
 
 
@@ -285,7 +287,7 @@ def save_chart(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     """:func:`plot_rows` saved as a PNG, atomically (no pyplot: any backend works)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 0.35 * len(rows) + 1.4))
+    fig = Figure(figsize=(6.4, 0.35 * len(rows) + 1.6))
     plot_rows(rows, ax=fig.subplots())
     fig.tight_layout()
     buffer = io.BytesIO()
