@@ -85,26 +85,33 @@ def _add_threads(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> N
                         "on a machine busy with other work")
 
 
+def _add_schedule(task: argparse._ArgumentGroup, steps: int, val_every: int, val_tasks: int,
+                  test_tasks: int, steps_help: str) -> None:
+    """The task shape and schedule flags ``train`` and ``compare`` share."""
+    d = TrainConfig()
+    task.add_argument("--way", type=_positive_int, default=d.n_way, help="N classes per task")
+    task.add_argument("--shot", type=_positive_int, default=d.k_shot, help="K examples per class")
+    task.add_argument("--eval-queries", type=_positive_int, default=None,
+                      help="queries per class at meta-val/test; None = every remaining image "
+                      "(official: 600 - K)")
+    task.add_argument("--steps", type=_positive_int, default=steps, help=steps_help)
+    task.add_argument("--val-every", type=_positive_int, default=val_every)
+    task.add_argument("--val-tasks", type=_positive_int, default=val_tasks)
+    task.add_argument("--test-tasks", type=_positive_int, default=test_tasks)
+    task.add_argument("--seed", type=_positive_int, default=d.seed)
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="meta-train LEO, select on meta-val, report meta-test",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_data(p)
     task = p.add_argument_group("tasks and schedule")
     d = TrainConfig()
-    task.add_argument("--way", type=_positive_int, default=d.n_way, help="N classes per task")
-    task.add_argument("--shot", type=_positive_int, default=d.k_shot, help="K examples per class")
+    _add_schedule(task, d.steps, d.val_every, d.val_tasks, d.test_tasks, "meta-training steps")
     task.add_argument("--queries", type=_positive_int, default=d.n_query,
                       help="query examples per class in meta-training tasks")
-    task.add_argument("--eval-queries", type=_positive_int, default=None,
-                      help="queries per class at meta-val/test; None = every remaining image "
-                      "(official: 600 - K)")
-    task.add_argument("--steps", type=_positive_int, default=d.steps, help="meta-training steps")
     task.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
                       help="tasks per meta-step")
-    task.add_argument("--val-every", type=_positive_int, default=d.val_every)
-    task.add_argument("--val-tasks", type=_positive_int, default=d.val_tasks)
-    task.add_argument("--test-tasks", type=_positive_int, default=d.test_tasks)
-    task.add_argument("--seed", type=_positive_int, default=d.seed)
     task.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
     model = p.add_argument_group("model (defaults: the preset's values)")
     model.add_argument("--preset", choices=("auto", *PRESETS), default="auto",
@@ -142,18 +149,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_data(p)
     task = p.add_argument_group("tasks and budget (the same for every method)")
-    d = TrainConfig()
-    task.add_argument("--way", type=_positive_int, default=d.n_way, help="N classes per task")
-    task.add_argument("--shot", type=_positive_int, default=d.k_shot, help="K examples per class")
-    task.add_argument("--steps", type=_positive_int, default=COMPARE_DEFAULTS["steps"],
-                      help="meta-training steps of every meta-learned method")
-    task.add_argument("--val-every", type=_positive_int, default=COMPARE_DEFAULTS["val_every"])
-    task.add_argument("--val-tasks", type=_positive_int, default=COMPARE_DEFAULTS["val_tasks"])
-    task.add_argument("--test-tasks", type=_positive_int,
-                      default=COMPARE_DEFAULTS["test_tasks"])
-    task.add_argument("--eval-queries", type=_positive_int, default=None,
-                      help="queries per class at meta-val/test; None = every remaining image")
-    task.add_argument("--seed", type=_positive_int, default=d.seed)
+    _add_schedule(task, **COMPARE_DEFAULTS,
+                  steps_help="meta-training steps of every meta-learned method")
     p.add_argument("--methods", default=None,
                    help=f"comma-separated subset of: {', '.join(METHODS)} (default: all)")
     p.add_argument("--preset", choices=("auto", *PRESETS), default="auto",
