@@ -23,13 +23,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def clean(nb: nbformat.NotebookNode) -> None:
-    """Drop widget state and per-cell execution timestamps."""
+    """Drop widget state, widget views and per-cell execution timestamps.
+
+    A widget view only points (by a random ``model_id``) into the widget state, which is not
+    saved, so it could not be shown anyway; dropping it keeps re-executions byte-identical and
+    leaves the widget's plain-text form as the saved output."""
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         if cell.cell_type == "code":
             for output in cell.get("outputs", []):
                 output.get("metadata", {}).pop("application/vnd.jupyter.widget-view+json", None)
+                output.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
 
 
 def execute(path: Path, timeout: int = 600) -> float:
