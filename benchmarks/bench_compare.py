@@ -1,9 +1,9 @@
 """The full comparison grid: every baseline and LEO ablation, glyphs and synthetic, 1- and 5-shot.
 
-For each setting this runs exactly what ``leo-tutorial compare --data DATA --shot K`` runs (same
-defaults: :data:`leo_tutorial.cli.COMPARE_DEFAULTS`, the ``auto`` preset) and prints its table,
-with LEO's margin over every other method (paired 95% CI of the per-task differences: all
-methods are tested on the same tasks) and a verdict.
+For each setting this runs what ``leo-tutorial compare --data DATA --shot K --device cpu
+--threads 1`` runs (same defaults: :data:`leo_tutorial.cli.COMPARE_DEFAULTS`, the ``auto``
+preset) and prints its table, with LEO's margin over every other method (paired 95% CI of the
+per-task differences: all methods are tested on the same tasks) and a verdict.
 
     python benchmarks/bench_compare.py                       # the whole grid (about 30 min)
     python benchmarks/bench_compare.py --data synthetic --shots 1 --steps 200
@@ -57,6 +57,8 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     for data in args.data.split(","):
+        if data not in ("glyphs", "synthetic"):
+            parser.error(f"--data takes glyphs and/or synthetic, got {data!r}")
         spec = glyphs_spec() if data == "glyphs" else synthetic_spec()
         bank = load_bank(spec, log=lambda m: print(m, file=sys.stderr), progress=False)
         for shot in (int(s) for s in args.shots.split(",")):

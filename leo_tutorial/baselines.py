@@ -248,7 +248,7 @@ class LogisticRegressionProbe(Baseline):
                 probe = LogisticRegression(C=self.config.probe_c, max_iter=1000)
                 probe.fit(xs[t], ys[t])
                 logits[t] = probe.decision_function(xq[t])
-        return torch.from_numpy(logits).to(query_x.dtype).view(b, n, v, n)
+        return torch.from_numpy(logits).to(query_x.device, query_x.dtype).view(b, n, v, n)
 
 
 BASELINES: dict[str, type[Baseline]] = {

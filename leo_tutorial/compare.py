@@ -256,6 +256,8 @@ def plot_rows(rows: Sequence[dict[str, Any]], ax: Any = None) -> Any:
 
     from .viz import PALETTE
 
+    if not rows:
+        raise UserError("no comparison rows to plot")
     if ax is None:
         _, ax = plt.subplots(figsize=(6.4, 0.35 * len(rows) + 1.6))
     groups = {"baseline": PALETTE[1], "LEO ablation": PALETTE[0], "LEO (full)": PALETTE[2]}
@@ -272,10 +274,8 @@ def plot_rows(rows: Sequence[dict[str, Any]], ax: Any = None) -> Any:
     low = min(a - 100 * r["ci95"] for a, r in zip(accuracy, rows, strict=True))
     ax.set_xlim(max(0.0, 5 * (low // 5) - 5), 100)
     ax.set_xlabel("meta-test accuracy (%), 95% CI")
-    if rows:
-        r = rows[0]
-        ax.set_title(f"{r['way']}-way {r['shot']}-shot, {r['data']}: {r['tasks']} test tasks",
-                     pad=20)
+    r = rows[0]
+    ax.set_title(f"{r['way']}-way {r['shot']}-shot, {r['data']}: {r['tasks']} test tasks", pad=20)
     present = {group(r["method"]) for r in rows}
     ax.legend(handles=[Patch(color=c, label=g) for g, c in groups.items() if g in present],
               loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8,

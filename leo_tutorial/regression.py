@@ -389,7 +389,7 @@ def sample_functions(model: RegressionLEO, support_x: Tensor | Sequence[float],
     Each draw samples its own z ~ q(z | D^tr), adapts it with the inner loop (new theta samples
     each step) and evaluates f_theta on ``grid`` (default: 200 points on [-5, 5]) with theta
     decoded from z (``before``) and from z' (``after``). Reproducible under ``seed``; the global
-    random state is left untouched.
+    CPU random state is left untouched (the model is on the CPU).
     """
     if n_samples < 1:
         raise UserError(f"n_samples must be >= 1, got {n_samples}")
@@ -553,8 +553,9 @@ def load_regression(path: str | Path | None = None) -> tuple[RegressionLEO, dict
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("not a regression checkpoint of format 1")
-        model = RegressionLEO(RegressionConfig(**saved["config"]),
-                              dtype=getattr(torch, saved["dtype"]))
+        with torch.random.fork_rng(devices=[]):  # initial weights are overwritten: keep the
+            model = RegressionLEO(RegressionConfig(**saved["config"]),  # caller's random stream
+                                  dtype=getattr(torch, saved["dtype"]))
         model.load_state_dict(saved["model"])
     except FileNotFoundError:
         raise UserError(f"{path} not found; train one with scripts/train_regression.py") from None

@@ -24,7 +24,6 @@ offline (no notebook draws Mermaid diagrams). ``--assets cdn`` keeps nbconvert's
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from pathlib import Path
 import nbformat
 from nbconvert import SlidesExporter
 from slides import add_slide_metadata, split_at_headings  # scripts/slides.py
+
+from leo_tutorial.io import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = "_assets"  # folder next to the decks; URLs below are relative to a deck
@@ -105,10 +106,7 @@ def build_deck(path: Path, out_dir: Path, export: SlidesExporter) -> Path:
     nb = add_slide_metadata(split_at_headings(nbformat.read(path, as_version=4)))
     html, _resources = export.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
     target = out_dir / f"{path.stem}.slides.html"
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    return atomic_write(target, lambda f: f.write(html.encode("utf-8")))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,8 @@
     .venv/bin/python scripts/train_shipped_runs.py           # every shipped run
     .venv/bin/python scripts/train_shipped_runs.py --shot 1  # one of them
 
-Each run is exactly ``leo-tutorial train --data glyphs --way 5 --shot K`` (the official default
-hyper-parameters, the default schedule, seed 0) and lands in
+Each run is ``leo-tutorial train --data glyphs --way 5 --shot K --device cpu --threads 1``
+(the official default hyper-parameters, the default schedule, seed 0) and lands in
 ``leo_tutorial/assets/glyphs_leo_<K>shot/`` as a run directory without its resume state:
 ``run.json``, ``best.pt`` (the model selected on meta-val), ``metrics.json`` (the curves) and
 ``test.json`` (meta-test accuracy with its 95% CI). ``training.load_run`` reads it; notebooks 06
