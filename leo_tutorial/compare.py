@@ -29,7 +29,6 @@ CI of the per-task differences (paired: both were tested on the same tasks).
 from __future__ import annotations
 
 import copy
-import io
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -287,9 +286,10 @@ def save_chart(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     """:func:`plot_rows` saved as a PNG, atomically (no pyplot: any backend works)."""
     from matplotlib.figure import Figure
 
+    from .viz import figure_png
+
     fig = Figure(figsize=(6.4, 0.35 * len(rows) + 1.6))
     plot_rows(rows, ax=fig.subplots())
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    png = figure_png(fig, dpi=100)
+    return atomic_write(path, lambda f: f.write(png))

@@ -433,3 +433,13 @@ def function_samples_figure(samples, support_x, support_y, true_y=None, title: s
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def figure_png(fig, dpi: float | None = None) -> bytes:
+    """A matplotlib Figure as PNG bytes, without a timestamp or version (for an
+    ``ipywidgets.Image`` or an atomic file write)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi or "figure", metadata={"Software": None})
+    return buffer.getvalue()

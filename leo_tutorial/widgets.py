@@ -9,7 +9,6 @@ the tests and the checked notebook cells use them.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import ipywidgets as widgets
@@ -18,13 +17,6 @@ from . import latent, regression, viz
 from .data import TaskBatch
 from .errors import UserError
 from .model import LEO
-
-
-def figure_png(fig: Any) -> bytes:
-    """A matplotlib Figure as PNG bytes (for an ``ipywidgets.Image``)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
 
 
 class LatentExplorer:
@@ -70,7 +62,7 @@ class LatentExplorer:
                        "support_loss": float(trajectory.support_loss[step]),
                        "query_accuracy": float(trajectory.query_accuracy[step]),
                        "predictions": trajectory.query_probs[step].argmax(-1)}
-        self.image.value = figure_png(viz.explorer_figure(trajectory, step, self.projection))
+        self.image.value = viz.figure_png(viz.explorer_figure(trajectory, step, self.projection))
         self.summary.value = (f"task {self.task.value}, inner step {step}: support loss "
                               f"{self.result['support_loss']:.3f}, query accuracy "
                               f"{self.result['query_accuracy']:.2f}")
@@ -119,7 +111,7 @@ class RegressionExplorer:
         self.result = {"x": xs, "y": ys, "samples": samples,
                        "line_fraction": regression.line_fraction(samples)}
         fig = viz.function_samples_figure(samples, xs, ys)
-        self.image.value = figure_png(fig)
+        self.image.value = viz.figure_png(fig)
         plt.close(fig)
         self.summary.value = (f"{100 * self.result['line_fraction']:.0f}% of the adapted "
                               "samples are closer to a line than to a sine")

@@ -11,7 +11,8 @@ import torch  # noqa: E402
 from leo_tutorial import LEO, LEOConfig, TrainConfig, UserError, latent, viz  # noqa: E402
 from leo_tutorial.data import EpisodeSampler, SyntheticConfig, make_synthetic_bank  # noqa: E402
 from leo_tutorial.training import train  # noqa: E402
-from leo_tutorial.widgets import LatentExplorer, figure_png  # noqa: E402
+from leo_tutorial.viz import figure_png  # noqa: E402
+from leo_tutorial.widgets import LatentExplorer  # noqa: E402
 
 SMALL = SyntheticConfig(n_train_classes=12, n_val_classes=8, n_test_classes=8,
                         images_per_class=20, dim=16, subspace_dim=4, class_scale=1.5)
