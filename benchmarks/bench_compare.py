@@ -62,17 +62,31 @@ def main() -> int:
         spec = glyphs_spec() if data == "glyphs" else synthetic_spec()
         bank = load_bank(spec, log=lambda m: print(m, file=sys.stderr), progress=False)
         for shot in (int(s) for s in args.shots.split(",")):
-            tc = TrainConfig(n_way=5, k_shot=shot, steps=args.steps,
-                             **{k: v for k, v in COMPARE_DEFAULTS.items() if k != "steps"})
+            tc = TrainConfig(
+                n_way=5,
+                k_shot=shot,
+                steps=args.steps,
+                **{k: v for k, v in COMPARE_DEFAULTS.items() if k != "steps"},
+            )
             name = auto_preset("auto", data, "", 5, shot)
             start = time.perf_counter()
-            rows = run_comparison(bank, tc, preset(name), args.methods, data=data,
-                                  device="cpu", log=lambda m: print(m, file=sys.stderr))
+            rows = run_comparison(
+                bank,
+                tc,
+                preset(name),
+                args.methods,
+                data=data,
+                device="cpu",
+                log=lambda m: print(m, file=sys.stderr),
+            )
             total = time.perf_counter() - start
             print(format_table(rows))
             print(margins(rows))
-            print(f"(LEO preset {name!r}, {args.steps} steps; whole comparison {total:.0f} s "
-                  f"wall-clock on a shared machine)\n", flush=True)
+            print(
+                f"(LEO preset {name!r}, {args.steps} steps; whole comparison {total:.0f} s "
+                f"wall-clock on a shared machine)\n",
+                flush=True,
+            )
             if args.save_assets:
                 print(f"saved {save_rows(asset_path(data, shot), rows)}\n", flush=True)
     return 0

@@ -43,24 +43,31 @@ def main() -> None:
     dataset = noise_dataset(args.classes)
     images = dataset.split("train").images
     n = len(images)
-    print(f"{args.classes} classes x {PER_CLASS} images = {n} images of {SIZE}x{SIZE}; "
-          f"torch {torch.__version__}")
-    header = (f"{'channels':>8} {'threads':>7} {'train s/epoch':>13} {'train img/s':>11} "
-              f"{'embed img/s':>11} {'s/epoch @ 1000x20':>17}")
+    print(
+        f"{args.classes} classes x {PER_CLASS} images = {n} images of {SIZE}x{SIZE}; "
+        f"torch {torch.__version__}"
+    )
+    header = (
+        f"{'channels':>8} {'threads':>7} {'train s/epoch':>13} {'train img/s':>11} "
+        f"{'embed img/s':>11} {'s/epoch @ 1000x20':>17}"
+    )
     print(header)
     print("-" * len(header))
     for channels in args.channels:
         for threads in args.threads:
             torch.set_num_threads(threads)
             t0 = time.perf_counter()
-            backbone, _ = train_backbone(dataset, epochs=1, channels=channels, progress=False,
-                                         log=lambda message: None)
+            backbone, _ = train_backbone(
+                dataset, epochs=1, channels=channels, progress=False, log=lambda message: None
+            )
             seconds = time.perf_counter() - t0
             t0 = time.perf_counter()
             embed(backbone, images)
             embed_rate = n / (time.perf_counter() - t0)
-            print(f"{channels:>8} {threads:>7} {seconds:>13.1f} {n / seconds:>11.0f} "
-                  f"{embed_rate:>11.0f} {seconds * TARGET_IMAGES / n:>17.1f}")
+            print(
+                f"{channels:>8} {threads:>7} {seconds:>13.1f} {n / seconds:>11.0f} "
+                f"{embed_rate:>11.0f} {seconds * TARGET_IMAGES / n:>17.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -58,30 +58,37 @@ def main() -> None:
     times = {}
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        dataset = render_glyphs(GlyphConfig(), cache_dir=cache, log=lambda m: None,
-                                progress=False)
+        dataset = render_glyphs(GlyphConfig(), cache_dir=cache, log=lambda m: None, progress=False)
         times["render (cold cache)"] = time.perf_counter() - start
     start = time.perf_counter()
     bank = image_bank(dataset, log=lambda m: None)
     times["embed (shipped backbone)"] = time.perf_counter() - start
     rows = []
     for shot in (1, 5):
-        schedule = TrainConfig(k_shot=shot, steps=args.steps, val_every=max(1, args.steps // 5),
-                               val_tasks=500, test_tasks=args.tasks)
+        schedule = TrainConfig(
+            k_shot=shot,
+            steps=args.steps,
+            val_every=max(1, args.steps // 5),
+            val_tasks=500,
+            test_tasks=args.tasks,
+        )
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            result = train(preset("synthetic"), schedule, bank, out, progress=False,
-                           log=lambda m: None)
-            times[f"LEO {shot}-shot: train {args.steps} steps + test"] = (
-                time.perf_counter() - start)
-        nc = nearest_centroid(bank.split("test"), shot, args.tasks,
-                              [schedule.seed, TEST], schedule.eval_batch_size)
+            result = train(
+                preset("synthetic"), schedule, bank, out, progress=False, log=lambda m: None
+            )
+            times[f"LEO {shot}-shot: train {args.steps} steps + test"] = time.perf_counter() - start
+        nc = nearest_centroid(
+            bank.split("test"), shot, args.tasks, [schedule.seed, TEST], schedule.eval_batch_size
+        )
         rows.append((shot, result.test.accuracy, result.test.ci95, *nc))
     print(f"glyphs: {bank}\n")
     print("shot  LEO (test)          nearest centroid (same tasks)")
     for shot, acc, ci, nc, nc_ci in rows:
-        print(f"{shot:>4}  {100 * acc:6.2f} +- {100 * ci:4.2f} %   {100 * nc:6.2f} +- "
-              f"{100 * nc_ci:4.2f} %")
+        print(
+            f"{shot:>4}  {100 * acc:6.2f} +- {100 * ci:4.2f} %   {100 * nc:6.2f} +- "
+            f"{100 * nc_ci:4.2f} %"
+        )
     print("\nstage                                   seconds")
     for name, seconds in times.items():
         print(f"{name:38s} {seconds:8.1f}")

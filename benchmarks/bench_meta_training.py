@@ -64,8 +64,9 @@ def per_task_meta_step(model: LEO, optimizer: torch.optim.Optimizer, batch: Task
     apply_meta_gradient(model, optimizer, loss)
 
 
-def time_steps(step: Callable[[int], None], steps: int, repeats: int, warmup: int = 3
-               ) -> list[float]:
+def time_steps(
+    step: Callable[[int], None], steps: int, repeats: int, warmup: int = 3
+) -> list[float]:
     """Seconds per call of ``step(i)``, one number per repeat of ``steps`` calls."""
     for i in range(warmup):
         step(i)
@@ -94,6 +95,7 @@ def bench_shot(bank, k_shot: int, steps: int, repeats: int) -> list[tuple[str, l
                 meta_step(model, optimizer, sampler.sample(BATCH, [1, seed[0]]))
             else:
                 meta_step(model, optimizer, batches[i % len(batches)])
+
         return time_steps(step, steps, repeats)
 
     rows.append(("batched (analytic)", batched(LEOConfig())))
@@ -110,9 +112,17 @@ def bench_shot(bank, k_shot: int, steps: int, repeats: int) -> list[tuple[str, l
     torch.manual_seed(0)
     model = LEO(LEOConfig(inner_gradient="autograd")).train()
     optimizer = make_optimizer(model)
-    rows.append(("per-task loop (12 x batch of 1, autograd)", time_steps(
-        lambda i: per_task_meta_step(model, optimizer, batches[i % len(batches)]),
-        max(2, steps // 2), repeats, warmup=1)))
+    rows.append(
+        (
+            "per-task loop (12 x batch of 1, autograd)",
+            time_steps(
+                lambda i: per_task_meta_step(model, optimizer, batches[i % len(batches)]),
+                max(2, steps // 2),
+                repeats,
+                warmup=1,
+            ),
+        )
+    )
     return rows
 
 
@@ -138,21 +148,37 @@ MEMORY_SCRIPT = textwrap.dedent("""
 def peak_memory(steps: int, val_every: int, tasks: int) -> tuple[float, float, float, float]:
     """(MB after building the bank, peak MB, seconds, test accuracy) of a training process."""
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(steps), str(val_every),
-                             str(tasks)], capture_output=True, text=True, env=env, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(steps), str(val_every), str(tasks)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     bank_kb, peak_kb, seconds, accuracy = result.stdout.split()[-4:]
     return int(bank_kb) / 1024, int(peak_kb) / 1024, float(seconds), float(accuracy)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed meta-steps per repeat of a batched row (default 20; "
-                        "--quick 4); the per-task loop runs half as many")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed repeats per row; the table shows their median (default 3)")
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer steps and a short training run for the memory figure")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed meta-steps per repeat of a batched row (default 20; "
+        "--quick 4); the per-task loop runs half as many",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repeats per row; the table shows their median (default 3)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer steps and a short training run for the memory figure",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory run")
     args = parser.parse_args()
@@ -162,12 +188,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_model()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
-    print(f"LEO meta-training, float32, CPU: D=640, {N_WAY}-way, {N_QUERY} queries/class, "
-          f"B={BATCH} tasks/step, 5 latent + 5 fine-tuning steps, LEOConfig() defaults; "
-          f"median (best) of {repeats} repeats of {steps} steps ({max(2, steps // 2)} for the "
-          f"per-task loop)\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_model()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start"
+    )
+    print(
+        f"LEO meta-training, float32, CPU: D=640, {N_WAY}-way, {N_QUERY} queries/class, "
+        f"B={BATCH} tasks/step, 5 latent + 5 fine-tuning steps, LEOConfig() defaults; "
+        f"median (best) of {repeats} repeats of {steps} steps ({max(2, steps // 2)} for the "
+        f"per-task loop)\n"
+    )
     bank = make_synthetic_bank()
     header = f"{'shot':>4}  {'mode':<42} {'ms/step':>16} {'tasks/s':>8} {'vs loop':>8}"
     print(header)
@@ -178,19 +208,25 @@ def main() -> None:
         for name, times in rows:
             median = statistics.median(times)
             ms = f"{1e3 * median:.1f} ({1e3 * min(times):.1f})"
-            print(f"{k_shot:>4}  {name:<42} {ms:>16} {BATCH / median:>8.0f} "
-                  f"{loop / median:>7.1f}x", flush=True)
+            print(
+                f"{k_shot:>4}  {name:<42} {ms:>16} {BATCH / median:>8.0f} {loop / median:>7.1f}x",
+                flush=True,
+            )
     print(f"\nload average {os.getloadavg()[0]:.2f} at end of timing")
 
     if not args.no_memory:
         steps_m, every, tasks = (20, 10, 50) if args.quick else (200, 100, 200)
         bank_mb, peak_mb, seconds, accuracy = peak_memory(steps_m, every, tasks)
-        print(f"\npeak memory (ru_maxrss) of leo_tutorial.training.train, 1-shot, {steps_m} "
-              f"steps, validation every {every} on {tasks} tasks and {tasks} test tasks, every "
-              f"remaining image as a query (V = 599), eval batches of "
-              f"{TrainConfig().eval_batch_size} tasks:")
-        print(f"  {peak_mb:.0f} MB peak ({bank_mb:.0f} MB after building the synthetic bank); "
-              f"run took {seconds:.1f} s, test accuracy {100 * accuracy:.1f}%")
+        print(
+            f"\npeak memory (ru_maxrss) of leo_tutorial.training.train, 1-shot, {steps_m} "
+            f"steps, validation every {every} on {tasks} tasks and {tasks} test tasks, every "
+            f"remaining image as a query (V = 599), eval batches of "
+            f"{TrainConfig().eval_batch_size} tasks:"
+        )
+        print(
+            f"  {peak_mb:.0f} MB peak ({bank_mb:.0f} MB after building the synthetic bank); "
+            f"run took {seconds:.1f} s, test accuracy {100 * accuracy:.1f}%"
+        )
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"(this benchmark process: {own:.0f} MB peak; total {time.perf_counter() - start:.0f} s)")
 

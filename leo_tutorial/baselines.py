@@ -97,8 +97,13 @@ class Baseline(nn.Module):
 
     meta_learned = False  # whether compare meta-trains it
 
-    def __init__(self, config: BaselineConfig | None = None, embedding_dim: int = 640,
-                 n_way: int = 5, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        config: BaselineConfig | None = None,
+        embedding_dim: int = 640,
+        n_way: int = 5,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         if embedding_dim < 1 or n_way < 2:
             raise UserError(f"need embedding_dim >= 1 and n_way >= 2, got {embedding_dim}, {n_way}")
@@ -117,12 +122,15 @@ class Baseline(nn.Module):
         x, qx = batch.support_x, batch.query_x
         for t in (x, qx):
             if t.dim() != 4 or t.shape[-1] != self.embedding_dim or t.shape[1] != self.n_way:
-                raise UserError(f"expected {self.n_way}-way tasks of {self.embedding_dim}-d "
-                                f"embeddings [B, N, K, D], got shape {tuple(t.shape)}")
+                raise UserError(
+                    f"expected {self.n_way}-way tasks of {self.embedding_dim}-d "
+                    f"embeddings [B, N, K, D], got shape {tuple(t.shape)}"
+                )
         logits = self.query_logits(x.to(self.dtype), batch.support_y, qx.to(self.dtype))
         query_loss = losses.cross_entropy(logits, batch.query_y).flatten(1).mean(1)
-        return BaselineOutput(query_loss.mean(), query_loss,
-                              losses.accuracy(logits, batch.query_y), logits)
+        return BaselineOutput(
+            query_loss.mean(), query_loss, losses.accuracy(logits, batch.query_y), logits
+        )
 
 
 def negative_squared_distances(query: Tensor, centroids: Tensor) -> Tensor:
@@ -147,11 +155,17 @@ class ProtoNet(Baseline):
 
     meta_learned = True
 
-    def __init__(self, config: BaselineConfig | None = None, embedding_dim: int = 640,
-                 n_way: int = 5, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        config: BaselineConfig | None = None,
+        embedding_dim: int = 640,
+        n_way: int = 5,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__(config, embedding_dim, n_way, dtype)
-        self.projection = nn.Linear(embedding_dim, self.config.projection_dim, bias=False,
-                                    dtype=dtype)
+        self.projection = nn.Linear(
+            embedding_dim, self.config.projection_dim, bias=False, dtype=dtype
+        )
         nn.init.xavier_uniform_(self.projection.weight)
 
     def query_logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
@@ -183,8 +197,13 @@ class MAML(Baseline):
 
     meta_learned = True
 
-    def __init__(self, config: BaselineConfig | None = None, embedding_dim: int = 640,
-                 n_way: int = 5, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        config: BaselineConfig | None = None,
+        embedding_dim: int = 640,
+        n_way: int = 5,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__(config, embedding_dim, n_way, dtype)
         self.w_init = nn.Parameter(torch.zeros(n_way, embedding_dim, dtype=dtype))
 
@@ -213,11 +232,17 @@ class MetaSGD(MAML):
     """Meta-SGD: MAML whose learning rate is a meta-learned tensor alpha [N, D], one rate per
     classifier weight (initialised at ``inner_lr_init``)."""
 
-    def __init__(self, config: BaselineConfig | None = None, embedding_dim: int = 640,
-                 n_way: int = 5, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        config: BaselineConfig | None = None,
+        embedding_dim: int = 640,
+        n_way: int = 5,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__(config, embedding_dim, n_way, dtype)
-        self.inner_lr = nn.Parameter(torch.full((n_way, embedding_dim),
-                                                self.config.inner_lr_init, dtype=dtype))
+        self.inner_lr = nn.Parameter(
+            torch.full((n_way, embedding_dim), self.config.inner_lr_init, dtype=dtype)
+        )
 
     def learning_rate(self) -> Tensor:
         return self.inner_lr

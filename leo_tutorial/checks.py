@@ -59,8 +59,9 @@ def _close(a: Tensor, b: Tensor) -> bool:
     return torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol)
 
 
-def _compare(got: object, expected: Tensor, mistakes: Mistakes, what: str = "the result"
-             ) -> str | None:
+def _compare(
+    got: object, expected: Tensor, mistakes: Mistakes, what: str = "the result"
+) -> str | None:
     """None when ``got`` equals ``expected``; else the hint of the first mistake it equals, or a
     description of the difference."""
     if not isinstance(got, Tensor):
@@ -72,11 +73,15 @@ def _compare(got: object, expected: Tensor, mistakes: Mistakes, what: str = "the
         if _close(got, wrong.detach()):
             return hint
     if got.shape != expected.shape:
-        return (f"wrong shape of {what}: {tuple(got.shape)}, expected {tuple(expected.shape)} "
-                "(see the shapes in the comments of the cell)")
+        return (
+            f"wrong shape of {what}: {tuple(got.shape)}, expected {tuple(expected.shape)} "
+            "(see the shapes in the comments of the cell)"
+        )
     difference = (got.double() - expected.double()).abs().max().item()
-    return (f"{what}: up to {difference:.3g} away from the reference; compare your code with "
-            "the equation above the cell")
+    return (
+        f"{what}: up to {difference:.3g} away from the reference; compare your code with "
+        "the equation above the cell"
+    )
 
 
 def _randn(*shape: int, generator: torch.Generator, scale: float = 1.0) -> Tensor:
@@ -105,8 +110,10 @@ def check(name: str, fn: Callable) -> Callable:
         print(f"… {name}: not implemented yet — the notebook uses the library's reference below.")
         return exercise.reference
     except Exception as error:  # noqa: BLE001 (the learner's code may raise anything)
-        problem = (f"your function raised {type(error).__name__}: {error} (the check uses other "
-                   "sizes than the notebook: take them from the arguments, not from globals)")
+        problem = (
+            f"your function raised {type(error).__name__}: {error} (the check uses other "
+            "sizes than the notebook: take them from the arguments, not from globals)"
+        )
     if problem is None:
         print(f"✓ {name} passed: {exercise.title}")
         return fn
@@ -114,18 +121,22 @@ def check(name: str, fn: Callable) -> Callable:
     return exercise.reference
 
 
-def _exercise(name: str, notebook: str, title: str, reference: Callable
-              ) -> Callable[[Callable], Callable]:
+def _exercise(
+    name: str, notebook: str, title: str, reference: Callable
+) -> Callable[[Callable], Callable]:
     """Register the decorated function as the ``diagnose`` of exercise ``name``."""
+
     def register(diagnose_fn: Callable[[Callable], str | None]) -> Callable:
         EXERCISES[name] = Exercise(name, notebook, title, reference, diagnose_fn)
         return diagnose_fn
+
     return register
 
 
 # ------------------------------------------------------------------- 01: MAML inner step
-def maml_inner_step_reference(theta: Tensor, batch: TaskBatch, alpha: float,
-                              create_graph: bool = True) -> Tensor:
+def maml_inner_step_reference(
+    theta: Tensor, batch: TaskBatch, alpha: float, create_graph: bool = True
+) -> Tensor:
     """eq. 1 for every task, in closed form: theta [N, D] -> theta'_i [B, N, D].
 
     The gradient of the *mean* support cross-entropy of a linear classifier is
@@ -140,18 +151,24 @@ def maml_inner_step_reference(theta: Tensor, batch: TaskBatch, alpha: float,
     return theta_b - alpha * (grad if create_graph else grad.detach())
 
 
-def _maml_case(generator: torch.Generator, b: int = 3, n: int = 3, k: int = 2, d: int = 5
-               ) -> tuple[Tensor, TaskBatch]:
+def _maml_case(
+    generator: torch.Generator, b: int = 3, n: int = 3, k: int = 2, d: int = 5
+) -> tuple[Tensor, TaskBatch]:
     x = F.normalize(_randn(b, n, k + 2, d, generator=generator), dim=-1)
     y = torch.arange(n)[None, :, None].expand(b, n, k + 2)
-    batch = TaskBatch(x[:, :, :k], y[:, :, :k], x[:, :, k:], y[:, :, k:],
-                      torch.arange(n).expand(b, n))
+    batch = TaskBatch(
+        x[:, :, :k], y[:, :, :k], x[:, :, k:], y[:, :, k:], torch.arange(n).expand(b, n)
+    )
     theta = _randn(n, d, generator=generator, scale=0.5).requires_grad_()
     return theta, batch
 
 
-@_exercise("maml_inner_step", "01_problem_setup", "theta' = theta - alpha grad (eq. 1) for "
-           "every task, differentiable for the meta-gradient", maml_inner_step_reference)
+@_exercise(
+    "maml_inner_step",
+    "01_problem_setup",
+    "theta' = theta - alpha grad (eq. 1) for every task, differentiable for the meta-gradient",
+    maml_inner_step_reference,
+)
 def _diagnose_maml_inner_step(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(1)
     alpha = 2.0
@@ -160,14 +177,21 @@ def _diagnose_maml_inner_step(fn: Callable) -> str | None:
         step = theta - ref  # alpha * g per task, [B, N, D]
         n_examples = batch.n_way * batch.k_shot
         mistakes = [
-            ("step *down* the gradient: theta' = theta - alpha * grad (you added it)",
-             theta + step),
-            ("task_loss is the *mean* cross-entropy over the N K support examples: take the "
-             "gradient of task_loss(...).sum() over tasks (LEO's inner loss is the sum, MAML's "
-             "here the mean)", theta - step * n_examples),
-            ("differentiate with respect to the expanded theta_b [B, N, D] (one copy per "
-             "task): the gradient with respect to the shared theta sums the tasks' gradients",
-             (theta - step.sum(dim=0)).expand_as(ref)),
+            (
+                "step *down* the gradient: theta' = theta - alpha * grad (you added it)",
+                theta + step,
+            ),
+            (
+                "task_loss is the *mean* cross-entropy over the N K support examples: take the "
+                "gradient of task_loss(...).sum() over tasks (LEO's inner loss is the sum, MAML's "
+                "here the mean)",
+                theta - step * n_examples,
+            ),
+            (
+                "differentiate with respect to the expanded theta_b [B, N, D] (one copy per "
+                "task): the gradient with respect to the shared theta sums the tasks' gradients",
+                (theta - step.sum(dim=0)).expand_as(ref),
+            ),
             ("multiply the gradient by the inner learning rate alpha", theta - step / alpha),
             ("return one adapted theta'_i per task, [B, N, D]", theta - step.mean(dim=0)),
         ]
@@ -176,20 +200,26 @@ def _diagnose_maml_inner_step(fn: Callable) -> str | None:
         if problem:
             return problem
         if out.grad_fn is None:
-            return ("theta' must stay connected to theta (no .detach(), no torch.no_grad()): the "
-                    "meta-gradient flows through it")
-        (meta, ) = torch.autograd.grad((out**2).sum(), theta)
-        (meta_ref, ) = torch.autograd.grad((ref**2).sum(), theta)
+            return (
+                "theta' must stay connected to theta (no .detach(), no torch.no_grad()): the "
+                "meta-gradient flows through it"
+            )
+        (meta,) = torch.autograd.grad((out**2).sum(), theta)
+        (meta_ref,) = torch.autograd.grad((ref**2).sum(), theta)
         if not _close(meta, meta_ref):
-            return ("pass create_graph=create_graph to torch.autograd.grad: without it the "
-                    "meta-gradient misses the second-order term through the inner step")
+            return (
+                "pass create_graph=create_graph to torch.autograd.grad: without it the "
+                "meta-gradient misses the second-order term through the inner step"
+            )
         first = fn(theta, batch, alpha, create_graph=False)
-        (meta_first, ) = torch.autograd.grad((first**2).sum(), theta)
+        (meta_first,) = torch.autograd.grad((first**2).sum(), theta)
         first_ref = maml_inner_step_reference(theta, batch, alpha, create_graph=False)
-        (meta_first_ref, ) = torch.autograd.grad((first_ref**2).sum(), theta)
+        (meta_first_ref,) = torch.autograd.grad((first_ref**2).sum(), theta)
         if not _close(meta_first, meta_first_ref):
-            return ("with create_graph=False the inner gradient is a constant (first order): "
-                    "pass create_graph on to torch.autograd.grad instead of a fixed value")
+            return (
+                "with create_graph=False the inner gradient is a constant (first order): "
+                "pass create_graph on to torch.autograd.grad instead of a fixed value"
+            )
     return None
 
 
@@ -208,35 +238,50 @@ def _std_mistakes(u: Tensor, offset: float) -> Mistakes:
     """Typical wrong standard deviations, for every check that builds one."""
     formula = "std = max(exp(u) - 1 + offset, 1e-10)"
     mistakes = [
-        (f"that is softplus(u); LEO's {formula} is the floor at u = 0 (offset 0), not log 2",
-         F.softplus(u)),
-        (f"keep the 1e-10 floor: {formula} (torch.clamp(..., min=1e-10))",
-         torch.exp(u) - 1 + offset),
-        (f"the floor is 1e-10, not 0 (log std appears in the KL): {formula}",
-         torch.clamp(torch.exp(u) - 1 + offset, min=0.0)),
-        (f"subtract 1 - offset from exp(u): {formula}",
-         torch.clamp(torch.exp(u), min=STD_FLOOR)),
+        (
+            f"that is softplus(u); LEO's {formula} is the floor at u = 0 (offset 0), not log 2",
+            F.softplus(u),
+        ),
+        (
+            f"keep the 1e-10 floor: {formula} (torch.clamp(..., min=1e-10))",
+            torch.exp(u) - 1 + offset,
+        ),
+        (
+            f"the floor is 1e-10, not 0 (log std appears in the KL): {formula}",
+            torch.clamp(torch.exp(u) - 1 + offset, min=0.0),
+        ),
+        (f"subtract 1 - offset from exp(u): {formula}", torch.clamp(torch.exp(u), min=STD_FLOOR)),
         (f"u is an unnormalised std, not the std itself: {formula}", u),
         (f"u is not a log-variance: {formula}", torch.exp(u / 2)),
-        (f"the offset is added, not subtracted: exp(u) - (1 - offset), i.e. {formula}",
-         torch.clamp(torch.exp(u) - 1 - offset, min=STD_FLOOR)),
+        (
+            f"the offset is added, not subtracted: exp(u) - (1 - offset), i.e. {formula}",
+            torch.clamp(torch.exp(u) - 1 - offset, min=STD_FLOOR),
+        ),
     ]
     if offset:
-        mistakes.append((f"you ignored the offset: {formula}",
-                         torch.clamp(torch.exp(u) - 1, min=STD_FLOOR)))
+        mistakes.append(
+            (f"you ignored the offset: {formula}", torch.clamp(torch.exp(u) - 1, min=STD_FLOOR))
+        )
     return mistakes
 
 
-@_exercise("official_std", "02_encoder_relation_net",
-           "std = max(exp(u) - (1 - offset), 1e-10)", official_std_reference)
+@_exercise(
+    "official_std",
+    "02_encoder_relation_net",
+    "std = max(exp(u) - (1 - offset), 1e-10)",
+    official_std_reference,
+)
 def _diagnose_official_std(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(2)
-    cases = [(torch.linspace(-3, 2, 11, dtype=_DTYPE), 0.0),
-             (torch.linspace(-3, 2, 11, dtype=_DTYPE), 0.1),
-             (_randn(2, 3, 4, generator=generator), math.sqrt(2 / 13))]
+    cases = [
+        (torch.linspace(-3, 2, 11, dtype=_DTYPE), 0.0),
+        (torch.linspace(-3, 2, 11, dtype=_DTYPE), 0.1),
+        (_randn(2, 3, 4, generator=generator), math.sqrt(2 / 13)),
+    ]
     for u, offset in cases:
-        problem = _compare(fn(u, offset), official_std_reference(u, offset),
-                           _std_mistakes(u, offset), "the std")
+        problem = _compare(
+            fn(u, offset), official_std_reference(u, offset), _std_mistakes(u, offset), "the std"
+        )
         if problem:
             return problem
     return None
@@ -255,9 +300,12 @@ def sample_z_reference(codes: Tensor, eps: Tensor) -> Tensor:
     return mean + official_std_reference(u, 0.0) * eps
 
 
-@_exercise("sample_z", "02_encoder_relation_net",
-           "z = mu + sigma * eps with sigma = official_std(u, 0) (reparameterised)",
-           sample_z_reference)
+@_exercise(
+    "sample_z",
+    "02_encoder_relation_net",
+    "z = mu + sigma * eps with sigma = official_std(u, 0) (reparameterised)",
+    sample_z_reference,
+)
 def _diagnose_sample_z(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(3)
     for shape in [(2, 3, 2, 8), (1, 2, 1, 4)]:
@@ -270,29 +318,40 @@ def _diagnose_sample_z(fn: Callable) -> str | None:
         mistakes += [
             ("multiply the noise by sigma, not by the variance sigma^2", mean + std**2 * eps),
             ("you returned the mean: z = mu + sigma * eps", mean),
-            ("the first half of the code is the mean, the second half u",
-             u + official_std_reference(mean, 0.0) * eps),
-            ("split the last axis into two halves (codes.chunk(2, dim=-1)), not even/odd entries",
-             codes.detach()[..., ::2]
-             + official_std_reference(codes.detach()[..., 1::2], 0.0) * eps),
+            (
+                "the first half of the code is the mean, the second half u",
+                u + official_std_reference(mean, 0.0) * eps,
+            ),
+            (
+                "split the last axis into two halves (codes.chunk(2, dim=-1)), "
+                "not even/odd entries",
+                codes.detach()[..., ::2]
+                + official_std_reference(codes.detach()[..., 1::2], 0.0) * eps,
+            ),
         ]
         out = fn(codes, eps)
         if isinstance(out, Tensor) and not _close(out.detach(), ref.detach()):
             again = fn(codes, eps)
             if isinstance(again, Tensor) and not _close(out.detach(), again.detach()):
-                return ("use the noise eps you are given (z = mu + sigma * eps): drawing new noise "
-                        "inside the function makes z random for fixed inputs")
+                return (
+                    "use the noise eps you are given (z = mu + sigma * eps): drawing new noise "
+                    "inside the function makes z random for fixed inputs"
+                )
         problem = _compare(out, ref.detach(), mistakes, "z")
         if problem:
             return problem
         if out.grad_fn is None:
-            return ("z must be a differentiable function of the codes (the reparameterisation "
-                    "trick): no .detach(), .item(), numpy or torch.no_grad()")
-        (grad, ) = torch.autograd.grad(out.sum(), codes)
-        (grad_ref, ) = torch.autograd.grad(ref.sum(), codes)
+            return (
+                "z must be a differentiable function of the codes (the reparameterisation "
+                "trick): no .detach(), .item(), numpy or torch.no_grad()"
+            )
+        (grad,) = torch.autograd.grad(out.sum(), codes)
+        (grad_ref,) = torch.autograd.grad(ref.sum(), codes)
         if not _close(grad, grad_ref):
-            return ("the gradient of z must reach both mu and u (dz/dmu = 1, dz/du = eps exp(u) "
-                    "above the floor): compute z from the codes with tensor operations")
+            return (
+                "the gradient of z must reach both mu and u (dz/dmu = 1, dz/du = eps exp(u) "
+                "above the floor): compute z from the codes with tensor operations"
+            )
     return None
 
 
@@ -310,8 +369,9 @@ def eq3_codes_reference(h: Tensor, g_r: Callable[[Tensor], Tensor]) -> Tensor:
     """
     n, k, z = h.shape
     flat = h.reshape(n * k, z)
-    pairs = torch.cat([flat[:, None].expand(-1, n * k, -1), flat[None].expand(n * k, -1, -1)],
-                      dim=-1)  # [M(i), M(j), 2Z]
+    pairs = torch.cat(
+        [flat[:, None].expand(-1, n * k, -1), flat[None].expand(n * k, -1, -1)], dim=-1
+    )  # [M(i), M(j), 2Z]
     return g_r(pairs).mean(dim=1).reshape(n, k, -1).mean(dim=1)
 
 
@@ -325,9 +385,12 @@ def _pair_mean(h: Tensor, g_r: Callable, keep: Tensor, swap: bool = False) -> Te
     return total / keep.reshape(n, k, n * k).sum(dim=(1, 2))[:, None]
 
 
-@_exercise("eq3_codes", "02_encoder_relation_net",
-           "per-class codes = mean of g_r([h_i; h_j]) over all N K^2 pairs of a class (eq. 3)",
-           eq3_codes_reference)
+@_exercise(
+    "eq3_codes",
+    "02_encoder_relation_net",
+    "per-class codes = mean of g_r([h_i; h_j]) over all N K^2 pairs of a class (eq. 3)",
+    eq3_codes_reference,
+)
 def _diagnose_eq3_codes(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(4)
     for n, k, z in [(3, 2, 3), (2, 3, 2)]:
@@ -340,22 +403,33 @@ def _diagnose_eq3_codes(fn: Callable) -> str | None:
             cls = torch.arange(m) // k
             same = cls[:, None] == cls[None, :]
             prototypes = h.mean(dim=1)
-            proto_pairs = torch.cat([prototypes[:, None].expand(-1, n, -1),
-                                     prototypes[None].expand(n, -1, -1)], dim=-1)
+            proto_pairs = torch.cat(
+                [prototypes[:, None].expand(-1, n, -1), prototypes[None].expand(n, -1, -1)], dim=-1
+            )
             mistakes = [
-                ("eq. 3 includes the self-pairs (i = j): average over all N K partners of each "
-                 "example", _pair_mean(h, model.g_r, ~torch.eye(m, dtype=torch.bool))),
-                ("pair each example with the examples of *every* class (m = 1..N), not only its "
-                 "own: the codes are relational", _pair_mean(h, model.g_r, same)),
-                ("the pair is [h_i; h_j], the example of class n first: "
-                 "torch.cat([h[n, kn], h[m, km]]) (g_r is not symmetric)",
-                 _pair_mean(h, model.g_r, every, swap=True)),
-                ("divide by N K^2 (K shots times N K partners), not by N K",
-                 library * k),
+                (
+                    "eq. 3 includes the self-pairs (i = j): average over all N K partners of each "
+                    "example",
+                    _pair_mean(h, model.g_r, ~torch.eye(m, dtype=torch.bool)),
+                ),
+                (
+                    "pair each example with the examples of *every* class (m = 1..N), not only its "
+                    "own: the codes are relational",
+                    _pair_mean(h, model.g_r, same),
+                ),
+                (
+                    "the pair is [h_i; h_j], the example of class n first: "
+                    "torch.cat([h[n, kn], h[m, km]]) (g_r is not symmetric)",
+                    _pair_mean(h, model.g_r, every, swap=True),
+                ),
+                ("divide by N K^2 (K shots times N K partners), not by N K", library * k),
                 ("divide the sum by N K^2 (eq. 3 is an average)", library * n * k * k),
                 ("the normaliser is N K^2, not (N K)^2", library / n),
-                ("apply g_r to pairs of *examples*, then average (eq. 3 averages g_r's outputs, "
-                 "not its inputs)", model.g_r(proto_pairs).mean(dim=1)),
+                (
+                    "apply g_r to pairs of *examples*, then average (eq. 3 averages g_r's outputs, "
+                    "not its inputs)",
+                    model.g_r(proto_pairs).mean(dim=1),
+                ),
             ]
         out = fn(h, model.g_r)
         if isinstance(out, Tensor) and out.shape == (n, k, 2 * z):
@@ -372,8 +446,9 @@ def check_eq3_codes(fn: Callable) -> Callable:
 
 
 # ---------------------------------------------------------------------- 03: the decoder
-def decode_weights_reference(z: Tensor, decoder_weight: Tensor, offset: float
-                             ) -> tuple[Tensor, Tensor]:
+def decode_weights_reference(
+    z: Tensor, decoder_weight: Tensor, offset: float
+) -> tuple[Tensor, Tensor]:
     """eq. 4: (mean, u) = g_d(z) = z W_d^T, std = max(exp(u) - (1 - offset), 1e-10).
 
     z [B, N, K, Z], decoder_weight [2D, Z] (torch layout) -> (mean, std), each [B, N, K, D];
@@ -383,9 +458,12 @@ def decode_weights_reference(z: Tensor, decoder_weight: Tensor, offset: float
     return mean, official_std_reference(u, offset)
 
 
-@_exercise("decode_weights", "03_decoder",
-           "(mean, std) of p(w | z): params = z W_d^T, std with the decoder's offset (eq. 4)",
-           decode_weights_reference)
+@_exercise(
+    "decode_weights",
+    "03_decoder",
+    "(mean, std) of p(w | z): params = z W_d^T, std with the decoder's offset (eq. 4)",
+    decode_weights_reference,
+)
 def _diagnose_decode_weights(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(5)
     for b, n, k, z, d in [(2, 3, 2, 4, 5), (1, 2, 1, 3, 7)]:
@@ -400,22 +478,28 @@ def _diagnose_decode_weights(fn: Callable) -> str | None:
         except NotImplementedError:
             raise
         except RuntimeError as error:
-            return (f"your function raised RuntimeError ({error}); decoder_weight has torch's "
-                    "layout [2D, Z]: params = z @ decoder_weight.T")
+            return (
+                f"your function raised RuntimeError ({error}); decoder_weight has torch's "
+                "layout [2D, Z]: params = z @ decoder_weight.T"
+            )
         if not (isinstance(out, tuple) and len(out) == 2):
             return "return the pair (mean, std), each [B, N, K, D]"
         if isinstance(out[0], Tensor) and out[0].shape[-1] == 2 * d:
-            return ("the mean has all 2D entries of params: split them into halves with "
-                    "params.chunk(2, dim=-1) (not with the notebook's global D)")
+            return (
+                "the mean has all 2D entries of params: split them into halves with "
+                "params.chunk(2, dim=-1) (not with the notebook's global D)"
+            )
         if _close(out[0].detach(), std) and _close(out[1].detach(), mean):
             return "return (mean, std) in that order"
-        if _close(out[0].detach(), second) and _close(out[1].detach(),
-                                                      official_std_reference(first, offset)):
+        if _close(out[0].detach(), second) and _close(
+            out[1].detach(), official_std_reference(first, offset)
+        ):
             return "the first D outputs of g_d are the mean, the last D are u"
         if _close(out[0].detach(), params[..., ::2]):
             return "split params into two halves (params.chunk(2, dim=-1)), not even/odd entries"
-        problem = (_compare(out[0], mean, [], "the mean")
-                   or _compare(out[1], std, _std_mistakes(second, offset), "the std"))
+        problem = _compare(out[0], mean, [], "the mean") or _compare(
+            out[1], std, _std_mistakes(second, offset), "the std"
+        )
         if problem:
             return problem
         if offset and _close(out[1].detach(), official_std_reference(second, 0.0)):
@@ -434,8 +518,12 @@ def predict_reference(x: Tensor, W: Tensor) -> Tensor:
     return LEO._logits(x, W)
 
 
-@_exercise("predict_mine", "03_decoder",
-           "logits = x . mean_K(W): no bias, no normalisation", predict_reference)
+@_exercise(
+    "predict_mine",
+    "03_decoder",
+    "logits = x . mean_K(W): no bias, no normalisation",
+    predict_reference,
+)
 def _diagnose_predict(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(6)
     for b, n, v, k, d in [(2, 3, 4, 3, 5), (1, 4, 2, 2, 3)]:
@@ -443,14 +531,20 @@ def _diagnose_predict(fn: Callable) -> str | None:
         W = _randn(b, n, k, d, generator=generator)
         ref = predict_reference(x, W)
         mistakes = [
-            ("average the K weight samples of a class (W.mean(dim=2)), not just the first",
-             predict_reference(x, W[:, :, :1])),
+            (
+                "average the K weight samples of a class (W.mean(dim=2)), not just the first",
+                predict_reference(x, W[:, :, :1]),
+            ),
             ("the class weight is the *mean* of the K slots, not their sum", ref * k),
-            ("return the logits (scores before the softmax), not probabilities",
-             ref.softmax(dim=-1)),
+            (
+                "return the logits (scores before the softmax), not probabilities",
+                ref.softmax(dim=-1),
+            ),
             ("return the raw logits; the loss applies the log-softmax", ref.log_softmax(dim=-1)),
-            ("no normalisation: the logits are plain inner products x . mean_K(W)",
-             predict_reference(x, F.normalize(W.mean(dim=2, keepdim=True), dim=-1))),
+            (
+                "no normalisation: the logits are plain inner products x . mean_K(W)",
+                predict_reference(x, F.normalize(W.mean(dim=2, keepdim=True), dim=-1)),
+            ),
         ]
         problem = _compare(fn(x, W), ref, mistakes, "the logits")
         if problem:
@@ -473,9 +567,12 @@ def latent_step_reference(model: LEO, z: Tensor, x: Tensor, y: Tensor) -> Tensor
         return model.leo_inner_loop(x, y, z.detach()).z_trajectory[1]
 
 
-@_exercise("latent_step", "04_inner_loop",
-           "z' = z - alpha * grad_z (sum of the support cross-entropies) (eq. 5)",
-           latent_step_reference)
+@_exercise(
+    "latent_step",
+    "04_inner_loop",
+    "z' = z - alpha * grad_z (sum of the support cross-entropies) (eq. 5)",
+    latent_step_reference,
+)
 def _diagnose_latent_step(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(7)
     b, n, k, d, z_dim = 2, 3, 2, 6, 3
@@ -493,14 +590,25 @@ def _diagnose_latent_step(fn: Callable) -> str | None:
         alpha = model.inner_lr.detach()
         mistakes = [
             ("step *down* the gradient: z' = z - alpha * grad (you added it)", z + step),
-            ("the inner loss is the *sum* of the N K support cross-entropies, not their mean "
-             "(notebook 03)", z - step / (n * k)),
-            ("the inner loss is the *sum* of the support cross-entropies, not their mean",
-             z - step / (b * n * k)),
-            ("multiply the gradient by the learned rates model.inner_lr (alpha, one per latent "
-             "dimension)", z - step / alpha),
-            ("alpha has one rate per latent dimension: multiply by model.inner_lr itself, not "
-             "by its mean", z - step / alpha * alpha.mean()),
+            (
+                "the inner loss is the *sum* of the N K support cross-entropies, not their mean "
+                "(notebook 03)",
+                z - step / (n * k),
+            ),
+            (
+                "the inner loss is the *sum* of the support cross-entropies, not their mean",
+                z - step / (b * n * k),
+            ),
+            (
+                "multiply the gradient by the learned rates model.inner_lr (alpha, one per latent "
+                "dimension)",
+                z - step / alpha,
+            ),
+            (
+                "alpha has one rate per latent dimension: multiply by model.inner_lr itself, not "
+                "by its mean",
+                z - step / alpha * alpha.mean(),
+            ),
             ("return the new code z', not the gradient", step / alpha),
             ("return z' = z - alpha * grad, not only the step", -step),
         ]
@@ -522,9 +630,12 @@ def kl_one_sample_reference(s: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return losses.kl_estimate(s, mean, std)
 
 
-@_exercise("kl_one_sample", "05_meta_objective",
-           "mean over a task's elements of log N(s; mu, sigma^2) - log N(s; 0, 1)",
-           kl_one_sample_reference)
+@_exercise(
+    "kl_one_sample",
+    "05_meta_objective",
+    "mean over a task's elements of log N(s; mu, sigma^2) - log N(s; 0, 1)",
+    kl_one_sample_reference,
+)
 def _diagnose_kl_one_sample(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(8)
     for b, n, k, z in [(2, 3, 2, 4), (3, 2, 1, 5)]:
@@ -536,25 +647,42 @@ def _diagnose_kl_one_sample(fn: Callable) -> str | None:
         log_q = losses.normal_log_prob(s, mean, std)
         log_p = losses.normal_log_prob(s, 0.0, 1.0)
         mistakes = [
-            ("the official KL is the *mean* over the N K Z elements of a task, not the sum",
-             (log_q - log_p).flatten(1).sum(dim=1)),
-            ("the official KL is the *mean* over all N K Z elements of a task: you averaged "
-             "over the latent dimension only and summed over N and K",
-             (log_q - log_p).mean(dim=-1).flatten(1).sum(dim=1)),
-            ("that is the closed-form KL; the official term is the one-sample estimate "
-             "log q(s) - log p(s) at the drawn s", losses.analytic_kl(mean, std)),
+            (
+                "the official KL is the *mean* over the N K Z elements of a task, not the sum",
+                (log_q - log_p).flatten(1).sum(dim=1),
+            ),
+            (
+                "the official KL is the *mean* over all N K Z elements of a task: you averaged "
+                "over the latent dimension only and summed over N and K",
+                (log_q - log_p).mean(dim=-1).flatten(1).sum(dim=1),
+            ),
+            (
+                "that is the closed-form KL; the official term is the one-sample estimate "
+                "log q(s) - log p(s) at the drawn s",
+                losses.analytic_kl(mean, std),
+            ),
             ("KL(q || p) = E_q[log q(s) - log p(s)]: you computed log p - log q", -ref),
-            ("the prior p(z) is N(0, I): log p(s) = log N(s; 0, 1)",
-             (log_q - losses.normal_log_prob(s, mean, 1.0)).flatten(1).mean(dim=1)),
-            ("log N(s; mu, sigma^2) includes -log sigma: you left it out",
-             ref + torch.log(std).flatten(1).mean(dim=1)),
-            ("the -log(2 pi) / 2 constant must appear in both log-densities (or in neither)",
-             ref + 0.5 * math.log(2 * math.pi)),
-            ("the -log(2 pi) / 2 constant must appear in both log-densities (or in neither)",
-             ref - 0.5 * math.log(2 * math.pi)),
+            (
+                "the prior p(z) is N(0, I): log p(s) = log N(s; 0, 1)",
+                (log_q - losses.normal_log_prob(s, mean, 1.0)).flatten(1).mean(dim=1),
+            ),
+            (
+                "log N(s; mu, sigma^2) includes -log sigma: you left it out",
+                ref + torch.log(std).flatten(1).mean(dim=1),
+            ),
+            (
+                "the -log(2 pi) / 2 constant must appear in both log-densities (or in neither)",
+                ref + 0.5 * math.log(2 * math.pi),
+            ),
+            (
+                "the -log(2 pi) / 2 constant must appear in both log-densities (or in neither)",
+                ref - 0.5 * math.log(2 * math.pi),
+            ),
             ("keep one KL per task, [B]: do not average over the task axis", ref.mean()),
-            ("reduce over every axis but the task axis: .flatten(1).mean(dim=1) -> [B]",
-             (log_q - log_p).mean(dim=-1)),
+            (
+                "reduce over every axis but the task axis: .flatten(1).mean(dim=1) -> [B]",
+                (log_q - log_p).mean(dim=-1),
+            ),
         ]
         problem = _compare(fn(s, mean, std), ref, mistakes, "the KL")
         if problem:
@@ -573,9 +701,12 @@ def encoder_penalty_reference(z: Tensor, z_prime: Tensor) -> Tensor:
     return losses.encoder_penalty(z, z_prime)
 
 
-@_exercise("encoder_penalty", "05_meta_objective",
-           "mean((z - stopgrad(z'))^2) per task; the gradient reaches z only",
-           encoder_penalty_reference)
+@_exercise(
+    "encoder_penalty",
+    "05_meta_objective",
+    "mean((z - stopgrad(z'))^2) per task; the gradient reaches z only",
+    encoder_penalty_reference,
+)
 def _diagnose_encoder_penalty(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(9)
     for shape in [(2, 3, 2, 4), (3, 2, 1, 5)]:
@@ -585,27 +716,39 @@ def _diagnose_encoder_penalty(fn: Callable) -> str | None:
         ref = encoder_penalty_reference(z, z_prime).detach()
         squares = ((z - z_prime) ** 2).detach()
         mistakes = [
-            ("the official penalty is the *mean* over the N K Z elements, not the sum",
-             squares.flatten(1).sum(dim=1)),
-            ("square the differences: ||z - z'||^2, not the norm ||z - z'||",
-             squares.flatten(1).sum(dim=1).sqrt()),
-            ("square the differences (mean of (z - z')^2), not their absolute values",
-             (z - z_prime).detach().abs().flatten(1).mean(dim=1)),
+            (
+                "the official penalty is the *mean* over the N K Z elements, not the sum",
+                squares.flatten(1).sum(dim=1),
+            ),
+            (
+                "square the differences: ||z - z'||^2, not the norm ||z - z'||",
+                squares.flatten(1).sum(dim=1).sqrt(),
+            ),
+            (
+                "square the differences (mean of (z - z')^2), not their absolute values",
+                (z - z_prime).detach().abs().flatten(1).mean(dim=1),
+            ),
             ("keep one penalty per task, [B]: do not average over the task axis", ref.mean()),
-            ("reduce over every axis but the task axis: .flatten(1).mean(dim=1) -> [B]",
-             squares.mean(dim=-1)),
+            (
+                "reduce over every axis but the task axis: .flatten(1).mean(dim=1) -> [B]",
+                squares.mean(dim=-1),
+            ),
         ]
         out = fn(z, z_prime)
         problem = _compare(out, ref, mistakes, "the penalty")
         if problem:
             return problem
         if out.grad_fn is None:
-            return ("the gradient must reach z (the encoder's code): detach z_prime, not z "
-                    "(and no torch.no_grad())")
+            return (
+                "the gradient must reach z (the encoder's code): detach z_prime, not z "
+                "(and no torch.no_grad())"
+            )
         grad_z, grad_source = torch.autograd.grad(out.sum(), [z, source], allow_unused=True)
         if grad_source is not None and bool(grad_source.abs().sum() > 0):
-            return ("the gradient reaches z' — stop it with z_prime.detach(): the penalty must "
-                    "move the encoder's z towards z', never z' towards z")
+            return (
+                "the gradient reaches z' — stop it with z_prime.detach(): the penalty must "
+                "move the encoder's z towards z', never z' towards z"
+            )
         if grad_z is None or not bool(grad_z.abs().sum() > 0):
             return "the gradient must reach z (the encoder's code): detach z_prime, not z"
     return None

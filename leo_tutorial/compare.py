@@ -80,14 +80,22 @@ def parse_methods(text: str | Sequence[str] | None) -> list[str]:
     canonical = {m.lower(): m for m in METHODS}
     unknown = [s for s in names if s.lower() not in canonical]
     if unknown or not names:
-        raise UserError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; "
-                        f"choose from: {', '.join(METHODS)}")
+        raise UserError(
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from: {', '.join(METHODS)}"
+        )
     chosen = {canonical[s.lower()] for s in names}
     return [m for m in METHODS if m in chosen]
 
 
-def build_method(name: str, leo_config: LEOConfig, baseline_config: BaselineConfig,
-                 embedding_dim: int, n_way: int, dtype: torch.dtype) -> torch.nn.Module:
+def build_method(
+    name: str,
+    leo_config: LEOConfig,
+    baseline_config: BaselineConfig,
+    embedding_dim: int,
+    n_way: int,
+    dtype: torch.dtype,
+) -> torch.nn.Module:
     """An untrained model for method ``name``, in training mode."""
     if name in LEO_ABLATIONS:
         return LEO(leo_config.replace(**LEO_ABLATIONS[name]), embedding_dim, n_way, dtype).train()
@@ -98,9 +106,15 @@ def is_meta_learned(model: torch.nn.Module) -> bool:
     return isinstance(model, LEO) or getattr(model, "meta_learned", False)
 
 
-def fit(name: str, bank: FeatureBank, tc: TrainConfig, leo_config: LEOConfig,
-        baseline_config: BaselineConfig, device: torch.device,
-        progress: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+def fit(
+    name: str,
+    bank: FeatureBank,
+    tc: TrainConfig,
+    leo_config: LEOConfig,
+    baseline_config: BaselineConfig,
+    device: torch.device,
+    progress: bool = False,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train method ``name`` and select it on S^val, exactly as :func:`training.train` does
     (same seeds, batches, optimiser, clipping, validation schedule; the best state is kept in
     memory instead of ``best.pt``). MAML's / Meta-SGD's alpha (among ``INNER_LRS``) and the
@@ -110,24 +124,48 @@ def fit(name: str, bank: FeatureBank, tc: TrainConfig, leo_config: LEOConfig,
     val_split = bank.split("val")
 
     def validate(m: torch.nn.Module) -> float:
-        return evaluate(m, val_split, n_way=tc.n_way, k_shot=tc.k_shot, n_query=tc.eval_n_query,
-                        tasks=tc.val_tasks, batch_size=tc.eval_batch_size, seed=[tc.seed, VAL],
-                        split_name="val", device=device).accuracy
+        return evaluate(
+            m,
+            val_split,
+            n_way=tc.n_way,
+            k_shot=tc.k_shot,
+            n_query=tc.eval_n_query,
+            tasks=tc.val_tasks,
+            batch_size=tc.eval_batch_size,
+            seed=[tc.seed, VAL],
+            split_name="val",
+            device=device,
+        ).accuracy
 
     selected: dict[str, Any] = {}
     if name in ("maml", "meta-sgd"):  # alpha (MAML's fixed rate, Meta-SGD's initial rates)
-        scores = {a: validate(build_method(name, leo_config,
-                                           baseline_config.replace(inner_lr_init=a),
-                                           bank.dim, tc.n_way, dtype).to(device))
-                  for a in INNER_LRS}
+        scores = {
+            a: validate(
+                build_method(
+                    name,
+                    leo_config,
+                    baseline_config.replace(inner_lr_init=a),
+                    bank.dim,
+                    tc.n_way,
+                    dtype,
+                ).to(device)
+            )
+            for a in INNER_LRS
+        }
         selected["inner_lr_init"] = max(scores, key=scores.get)
         baseline_config = baseline_config.replace(**selected)
     torch.manual_seed(step_seed(tc.seed, INIT, 0))
     model = build_method(name, leo_config, baseline_config, bank.dim, tc.n_way, dtype).to(device)
 
     if name == "logreg":  # choose C on S^val (no meta-training)
-        scores = {c: validate(build_method(name, leo_config, baseline_config.replace(probe_c=c),
-                                           bank.dim, tc.n_way, dtype)) for c in PROBE_CS}
+        scores = {
+            c: validate(
+                build_method(
+                    name, leo_config, baseline_config.replace(probe_c=c), bank.dim, tc.n_way, dtype
+                )
+            )
+            for c in PROBE_CS
+        }
         best_c = max(scores, key=scores.get)
         model.config = baseline_config.replace(probe_c=best_c)
         return model, {"val_accuracy": scores[best_c], "best_step": 0, "probe_c": best_c}
@@ -152,41 +190,74 @@ def fit(name: str, bank: FeatureBank, tc: TrainConfig, leo_config: LEOConfig,
     return model, {"val_accuracy": best_val, "best_step": best_step, **selected}
 
 
-def run_comparison(bank: FeatureBank, train_config: TrainConfig, leo_config: LEOConfig,
-                   methods: Sequence[str] | None = None,
-                   baseline_config: BaselineConfig | None = None, *, data: str | None = None,
-                   device: str | torch.device = "auto", progress: bool = False,
-                   log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run_comparison(
+    bank: FeatureBank,
+    train_config: TrainConfig,
+    leo_config: LEOConfig,
+    methods: Sequence[str] | None = None,
+    baseline_config: BaselineConfig | None = None,
+    *,
+    data: str | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
     """Fit every method in ``methods`` (default: all) on ``bank`` with the same budget and test
     all of them on the same ``train_config.test_tasks`` meta-test tasks. One row per method."""
     methods = parse_methods(methods)
     baseline_config = baseline_config or BaselineConfig(
-        inner_unroll_length=leo_config.inner_unroll_length)
+        inner_unroll_length=leo_config.inner_unroll_length
+    )
     device = resolve_device(device)
     tc = train_config
     for split in ("train", "val", "test"):  # impossible episode shapes fail before training
-        EpisodeSampler(bank.split(split), tc.n_way, tc.k_shot,
-                       tc.n_query if split == "train" else tc.eval_n_query)
+        EpisodeSampler(
+            bank.split(split),
+            tc.n_way,
+            tc.k_shot,
+            tc.n_query if split == "train" else tc.eval_n_query,
+        )
     rows, per_task = [], {}
     for name in methods:
-        log(f"{name}: fitting ({tc.steps} steps)" if name not in ("nearest-centroid", "logreg")
-            else f"{name}: fitting")
+        log(
+            f"{name}: fitting ({tc.steps} steps)"
+            if name not in ("nearest-centroid", "logreg")
+            else f"{name}: fitting"
+        )
         start = time.perf_counter()
         model, info = fit(name, bank, tc, leo_config, baseline_config, device, progress)
         train_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        result = evaluate(model, bank.split("test"), n_way=tc.n_way, k_shot=tc.k_shot,
-                          n_query=tc.eval_n_query, tasks=tc.test_tasks,
-                          batch_size=tc.eval_batch_size, seed=[tc.seed, TEST], device=device,
-                          progress=progress)
-        row = {"method": name, "accuracy": result.accuracy, "ci95": result.ci95,
-               "train_seconds": round(train_seconds, 2),
-               "test_seconds": round(time.perf_counter() - start, 2), **info,
-               "data": data or bank.name, "way": tc.n_way, "shot": tc.k_shot,
-               "steps": tc.steps if is_meta_learned(model) else 0, "tasks": result.tasks,
-               "queries_per_class": result.queries_per_class}
-        log(f"{name}: {100 * row['accuracy']:.2f}% +- {100 * row['ci95']:.2f}% "
-            f"(val {100 * info['val_accuracy']:.2f}%, {train_seconds:.0f} s)")
+        result = evaluate(
+            model,
+            bank.split("test"),
+            n_way=tc.n_way,
+            k_shot=tc.k_shot,
+            n_query=tc.eval_n_query,
+            tasks=tc.test_tasks,
+            batch_size=tc.eval_batch_size,
+            seed=[tc.seed, TEST],
+            device=device,
+            progress=progress,
+        )
+        row = {
+            "method": name,
+            "accuracy": result.accuracy,
+            "ci95": result.ci95,
+            "train_seconds": round(train_seconds, 2),
+            "test_seconds": round(time.perf_counter() - start, 2),
+            **info,
+            "data": data or bank.name,
+            "way": tc.n_way,
+            "shot": tc.k_shot,
+            "steps": tc.steps if is_meta_learned(model) else 0,
+            "tasks": result.tasks,
+            "queries_per_class": result.queries_per_class,
+        }
+        log(
+            f"{name}: {100 * row['accuracy']:.2f}% +- {100 * row['ci95']:.2f}% "
+            f"(val {100 * info['val_accuracy']:.2f}%, {train_seconds:.0f} s)"
+        )
         rows.append(row)
         per_task[name] = result.per_task
     if "LEO" in per_task:  # paired: every method was tested on the same tasks
@@ -203,14 +274,18 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "(no methods)"
     first = rows[0]
-    lines = [f"{first['way']}-way {first['shot']}-shot on {first['data']}: meta-test accuracy "
-             f"over {first['tasks']} tasks ({first['queries_per_class']} queries per class), "
-             "95% CI",
-             f"{'method':<20} {'accuracy (%)':>16} {'train s':>9}"
-             + (f" {'LEO margin (points)':>20}" if "leo_margin" in first else "")]
+    lines = [
+        f"{first['way']}-way {first['shot']}-shot on {first['data']}: meta-test accuracy "
+        f"over {first['tasks']} tasks ({first['queries_per_class']} queries per class), "
+        "95% CI",
+        f"{'method':<20} {'accuracy (%)':>16} {'train s':>9}"
+        + (f" {'LEO margin (points)':>20}" if "leo_margin" in first else ""),
+    ]
     for r in rows:
-        line = (f"{r['method']:<20} {100 * r['accuracy']:>8.2f} +- {100 * r['ci95']:<4.2f} "
-                f"{r['train_seconds']:>9.1f}")
+        line = (
+            f"{r['method']:<20} {100 * r['accuracy']:>8.2f} +- {100 * r['ci95']:<4.2f} "
+            f"{r['train_seconds']:>9.1f}"
+        )
         if "leo_margin" in r and r["method"] != "LEO":
             line += f" {100 * r['leo_margin']:>+11.2f} +- {100 * r['leo_margin_ci95']:<4.2f}"
         lines.append(line)
@@ -232,12 +307,14 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
     try:
         rows = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{path} not found; write it with `leo-tutorial compare --out DIR`") \
-            from None
+        raise UserError(
+            f"{path} not found; write it with `leo-tutorial compare --out DIR`"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}); run the comparison again") from None
     if not isinstance(rows, list) or not all(
-            isinstance(r, dict) and set(ROW_KEYS) <= set(r) for r in rows):
+        isinstance(r, dict) and set(ROW_KEYS) <= set(r) for r in rows
+    ):
         raise UserError(f"{path} is not a list of comparison rows with keys {', '.join(ROW_KEYS)}")
     return rows
 
@@ -262,13 +339,23 @@ def plot_rows(rows: Sequence[dict[str, Any]], ax: Any = None) -> Any:
     groups = {"baseline": PALETTE[1], "LEO ablation": PALETTE[0], "LEO (full)": PALETTE[2]}
 
     def group(method: str) -> str:
-        return "LEO (full)" if method == "LEO" else \
-            "LEO ablation" if method in LEO_ABLATIONS else "baseline"
+        return (
+            "LEO (full)"
+            if method == "LEO"
+            else "LEO ablation"
+            if method in LEO_ABLATIONS
+            else "baseline"
+        )
 
     y = list(range(len(rows)))[::-1]  # first row on top
     accuracy = [100 * r["accuracy"] for r in rows]
-    ax.barh(y, accuracy, xerr=[100 * r["ci95"] for r in rows],
-            color=[groups[group(r["method"])] for r in rows], capsize=3)
+    ax.barh(
+        y,
+        accuracy,
+        xerr=[100 * r["ci95"] for r in rows],
+        color=[groups[group(r["method"])] for r in rows],
+        capsize=3,
+    )
     ax.set_yticks(y, [r["method"] for r in rows])
     low = min(a - 100 * r["ci95"] for a, r in zip(accuracy, rows, strict=True))
     ax.set_xlim(max(0.0, 5 * (low // 5) - 5), 100)
@@ -276,9 +363,14 @@ def plot_rows(rows: Sequence[dict[str, Any]], ax: Any = None) -> Any:
     r = rows[0]
     ax.set_title(f"{r['way']}-way {r['shot']}-shot, {r['data']}: {r['tasks']} test tasks", pad=20)
     present = {group(r["method"]) for r in rows}
-    ax.legend(handles=[Patch(color=c, label=g) for g, c in groups.items() if g in present],
-              loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8,
-              frameon=False)  # between the title and the bars: never over a bar
+    ax.legend(
+        handles=[Patch(color=c, label=g) for g, c in groups.items() if g in present],
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=3,
+        fontsize=8,
+        frameon=False,
+    )  # between the title and the bars: never over a bar
     return ax
 
 

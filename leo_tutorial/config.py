@@ -53,14 +53,22 @@ class LEOConfig:
         need(self.num_latents >= 1, f"num_latents must be >= 1, got {self.num_latents}")
         need(self.inner_unroll_length >= 0, "inner_unroll_length must be >= 0")
         need(self.finetuning_unroll_length >= 0, "finetuning_unroll_length must be >= 0")
-        need(0.0 <= self.dropout_rate < 1.0,
-             f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        need(
+            0.0 <= self.dropout_rate < 1.0,
+            f"dropout_rate must be in [0, 1), got {self.dropout_rate}",
+        )
         need(self.outer_lr > 0, f"outer_lr must be > 0, got {self.outer_lr}")
-        for name in ("kl_weight", "encoder_penalty_weight", "l2_penalty_weight",
-                     "orthogonality_penalty_weight"):
+        for name in (
+            "kl_weight",
+            "encoder_penalty_weight",
+            "l2_penalty_weight",
+            "orthogonality_penalty_weight",
+        ):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        need(self.inner_gradient in ("analytic", "autograd"),
-             f"inner_gradient must be 'analytic' or 'autograd', got {self.inner_gradient!r}")
+        need(
+            self.inner_gradient in ("analytic", "autograd"),
+            f"inner_gradient must be 'analytic' or 'autograd', got {self.inner_gradient!r}",
+        )
 
     def replace(self, **changes: Any) -> LEOConfig:
         """A copy with some fields changed (validated again)."""
@@ -86,8 +94,16 @@ class TrainConfig:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        for name in ("n_way", "k_shot", "n_query", "batch_size", "val_every", "val_tasks",
-                     "test_tasks", "eval_batch_size"):
+        for name in (
+            "n_way",
+            "k_shot",
+            "n_query",
+            "batch_size",
+            "val_every",
+            "val_tasks",
+            "test_tasks",
+            "eval_batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_way < 2:
@@ -106,18 +122,38 @@ class TrainConfig:
 # The official README's tuned hyper-parameters (LEO_SPEC §4.2); everything else at the defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "mini-1shot": dict(outer_lr=2.739071e-4, l2_penalty_weight=3.623413e-10,
-                       orthogonality_penalty_weight=0.188103, dropout_rate=0.307651,
-                       kl_weight=0.756143, encoder_penalty_weight=5.756821e-6),
-    "mini-5shot": dict(outer_lr=4.102361e-4, l2_penalty_weight=8.540338e-9,
-                       orthogonality_penalty_weight=1.523998e-3, dropout_rate=0.300299,
-                       kl_weight=0.466387, encoder_penalty_weight=2.661608e-7),
-    "tiered-1shot": dict(outer_lr=8.659053e-4, l2_penalty_weight=4.148858e-10,
-                         orthogonality_penalty_weight=5.451078e-3, dropout_rate=0.475126,
-                         kl_weight=2.034189e-3, encoder_penalty_weight=8.302962e-5),
-    "tiered-5shot": dict(outer_lr=6.110314e-4, l2_penalty_weight=1.690399e-10,
-                         orthogonality_penalty_weight=2.481216e-2, dropout_rate=0.415158,
-                         kl_weight=1.622811, encoder_penalty_weight=2.672450e-5),
+    "mini-1shot": dict(
+        outer_lr=2.739071e-4,
+        l2_penalty_weight=3.623413e-10,
+        orthogonality_penalty_weight=0.188103,
+        dropout_rate=0.307651,
+        kl_weight=0.756143,
+        encoder_penalty_weight=5.756821e-6,
+    ),
+    "mini-5shot": dict(
+        outer_lr=4.102361e-4,
+        l2_penalty_weight=8.540338e-9,
+        orthogonality_penalty_weight=1.523998e-3,
+        dropout_rate=0.300299,
+        kl_weight=0.466387,
+        encoder_penalty_weight=2.661608e-7,
+    ),
+    "tiered-1shot": dict(
+        outer_lr=8.659053e-4,
+        l2_penalty_weight=4.148858e-10,
+        orthogonality_penalty_weight=5.451078e-3,
+        dropout_rate=0.475126,
+        kl_weight=2.034189e-3,
+        encoder_penalty_weight=8.302962e-5,
+    ),
+    "tiered-5shot": dict(
+        outer_lr=6.110314e-4,
+        l2_penalty_weight=1.690399e-10,
+        orthogonality_penalty_weight=2.481216e-2,
+        dropout_rate=0.415158,
+        kl_weight=1.622811,
+        encoder_penalty_weight=2.672450e-5,
+    ),
     # Ours, not the paper's: the official defaults with a larger outer learning rate, so that
     # the synthetic benchmark trains in minutes instead of hours (benchmarks/ has the sweep).
     "synthetic": dict(outer_lr=3e-3),
@@ -141,6 +177,8 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise UserError(f"unknown {cls.__name__} fields {unknown}; the run was written by a "
-                        "different version of leo-tutorial")
+        raise UserError(
+            f"unknown {cls.__name__} fields {unknown}; the run was written by a "
+            "different version of leo-tutorial"
+        )
     return cls(**values)

@@ -52,12 +52,16 @@ def strip_solutions(source: str, where: str = "cell") -> tuple[str, int]:
     for number, line in enumerate(source.split("\n"), 1):
         begin, end = _BEGIN.match(line), _END.match(line)
         if not (begin or end) and _MARKER.search(line) and line.lstrip().startswith("#"):
-            raise UserError(f"{where}, line {number}: malformed marker {line.strip()!r}; write "
-                            f"'{BEGIN}' (optionally '{BEGIN} hint: ...') or '{END}'")
+            raise UserError(
+                f"{where}, line {number}: malformed marker {line.strip()!r}; write "
+                f"'{BEGIN}' (optionally '{BEGIN} hint: ...') or '{END}'"
+            )
         if begin:
             if start is not None:
-                raise UserError(f"{where}, line {number}: '{BEGIN}' inside the region opened "
-                                f"on line {start}; close it with '{END}' first")
+                raise UserError(
+                    f"{where}, line {number}: '{BEGIN}' inside the region opened "
+                    f"on line {start}; close it with '{END}' first"
+                )
             start, body, regions = number, 0, regions + 1
             hint = begin.group("hint") or DEFAULT_HINT
             out.append(f"{begin.group('indent')}raise NotImplementedError({hint!r})")
@@ -65,8 +69,10 @@ def strip_solutions(source: str, where: str = "cell") -> tuple[str, int]:
             if start is None:
                 raise UserError(f"{where}, line {number}: '{END}' without a '{BEGIN}' before it")
             if body == 0:
-                raise UserError(f"{where}, line {start}: empty solution region; put the "
-                                f"solution code between '{BEGIN}' and '{END}'")
+                raise UserError(
+                    f"{where}, line {start}: empty solution region; put the "
+                    f"solution code between '{BEGIN}' and '{END}'"
+                )
             start = None
         elif start is None:
             out.append(line)
@@ -84,8 +90,12 @@ def has_solutions(nb: nbformat.NotebookNode) -> bool:
 
 def exercise_names(nb: nbformat.NotebookNode) -> list[str]:
     """The functions the learner writes: the arguments of the ``checks.check_*(...)`` calls."""
-    return [name for cell in nb.cells if cell.cell_type == "code"
-            for name in _CHECK_CALL.findall(cell.source)]
+    return [
+        name
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for name in _CHECK_CALL.findall(cell.source)
+    ]
 
 
 def _link_from_subfolder(markdown: str) -> str:
@@ -130,8 +140,10 @@ def make_exercise(nb: nbformat.NotebookNode, source_name: str) -> nbformat.Noteb
             after = cell.source.rsplit(END, 1)[1]
             following = [exercise.cells[i].source for i in code_cells if i > index][:1]
             if not _CHECK_CALL.search(after) and not any(map(_CHECK_CALL.search, following)):
-                raise UserError(f"{where}: a solution region needs a checks.check_...(fn) call "
-                                "after it, in the same or the next code cell")
+                raise UserError(
+                    f"{where}: a solution region needs a checks.check_...(fn) call "
+                    "after it, in the same or the next code cell"
+                )
         cell.source = source
         cell.outputs = []
         cell.execution_count = None
@@ -149,8 +161,11 @@ def exercise_path(source: Path) -> Path:
 
 def source_notebooks(notebooks_dir: Path) -> list[Path]:
     """The numbered notebooks of ``notebooks_dir`` that contain solution regions."""
-    return [path for path in sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
-            if has_solutions(nbformat.read(path, as_version=4))]
+    return [
+        path
+        for path in sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+        if has_solutions(nbformat.read(path, as_version=4))
+    ]
 
 
 def cell_sources(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:

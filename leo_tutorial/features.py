@@ -54,22 +54,27 @@ class ConvNet4(nn.Module):
 
     def __init__(self, channels: int = 64, in_channels: int = 1, blocks: int = 4) -> None:
         super().__init__()
-        for name, value in [("channels", channels), ("in_channels", in_channels),
-                            ("blocks", blocks)]:
+        for name, value in [
+            ("channels", channels),
+            ("in_channels", in_channels),
+            ("blocks", blocks),
+        ]:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"ConvNet4 {name} must be an integer >= 1, got {value!r}")
         self.channels, self.in_channels, self.n_blocks = channels, in_channels, blocks
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1),
-                          nn.BatchNorm2d(channels), nn.ReLU())
+            nn.Sequential(
+                nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1),
+                nn.BatchNorm2d(channels),
+                nn.ReLU(),
+            )
             for i in range(blocks)
         )
 
     @property
     def config(self) -> dict[str, int]:
         """The constructor arguments (saved with the weights)."""
-        return {"channels": self.channels, "in_channels": self.in_channels,
-                "blocks": self.n_blocks}
+        return {"channels": self.channels, "in_channels": self.in_channels, "blocks": self.n_blocks}
 
     def features(self, x: torch.Tensor, layer: str = "final") -> torch.Tensor:
         """Embeddings ``[B, D]`` of images ``x`` ``[B, in_channels, H, W]``; ``layer="prepool"``
@@ -95,11 +100,14 @@ class ConvNet4(nn.Module):
 def _check_images(images: np.ndarray, blocks: int) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise UserError(f"images must be a uint8 array [n, H, W], got {images.dtype} "
-                        f"{images.shape}")
+        raise UserError(
+            f"images must be a uint8 array [n, H, W], got {images.dtype} {images.shape}"
+        )
     if min(images.shape[1:]) < 2**blocks:
-        raise UserError(f"images of {images.shape[1]}x{images.shape[2]} pixels are too small for "
-                        f"{blocks} pooling blocks; use images of at least {2**blocks} pixels")
+        raise UserError(
+            f"images of {images.shape[1]}x{images.shape[2]} pixels are too small for "
+            f"{blocks} pooling blocks; use images of at least {2**blocks} pixels"
+        )
     return images
 
 
@@ -109,8 +117,7 @@ def _to_input(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.
     return (x.float() / 255.0).unsqueeze(1)
 
 
-def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator
-                 ) -> torch.Tensor:
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Shift every image ``[B, H, W]`` by its own random (dy, dx) in ``-max_shift..max_shift``,
     filling with background (0): the light augmentation of stage 1."""
     if max_shift <= 0:
@@ -170,20 +177,28 @@ def train_backbone(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
 
-    history: dict[str, Any] = {"dataset": dataset.name, "seed": seed,
-                               "image_size": list(split.image_shape),
-                               "classes": list(split.class_names), "epochs": []}
+    history: dict[str, Any] = {
+        "dataset": dataset.name,
+        "seed": seed,
+        "image_size": list(split.image_shape),
+        "classes": list(split.class_names),
+        "epochs": [],
+    }
     backbone.train()
     head.train()
-    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, desc="stage 1: pre-train",
-               unit="batch")
+    bar = tqdm(
+        total=epochs * steps_per_epoch,
+        disable=not progress,
+        desc="stage 1: pre-train",
+        unit="batch",
+    )
     try:
         for epoch in range(epochs):
             t0 = time.perf_counter()
             loss_sum, correct = 0.0, 0
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 x = _to_input(random_shift(images[idx], max_shift, generator), device)
                 y = labels[idx].to(device)
                 logits = head(backbone(x))
@@ -197,11 +212,17 @@ def train_backbone(
                 correct += int((logits.argmax(1) == y).sum())
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}")
-            record = {"epoch": epoch + 1, "loss": loss_sum / n, "accuracy": correct / n,
-                      "seconds": time.perf_counter() - t0}
+            record = {
+                "epoch": epoch + 1,
+                "loss": loss_sum / n,
+                "accuracy": correct / n,
+                "seconds": time.perf_counter() - t0,
+            }
             history["epochs"].append(record)
-            log(f"stage 1 epoch {epoch + 1}/{epochs}: loss {record['loss']:.3f}, "
-                f"train accuracy {100 * record['accuracy']:.1f}%")
+            log(
+                f"stage 1 epoch {epoch + 1}/{epochs}: loss {record['loss']:.3f}, "
+                f"train accuracy {100 * record['accuracy']:.1f}%"
+            )
     finally:
         bar.close()
     history["train_accuracy"] = history["epochs"][-1]["accuracy"]
@@ -209,8 +230,9 @@ def train_backbone(
 
 
 @torch.no_grad()
-def embed(backbone: ConvNet4, images: np.ndarray, batch_size: int = 128,
-          layer: str = "final") -> np.ndarray:
+def embed(
+    backbone: ConvNet4, images: np.ndarray, batch_size: int = 128, layer: str = "final"
+) -> np.ndarray:
     """Embeddings ``[n, D]`` float32 of uint8 images ``[n, H, W]`` (backbone in eval mode, batched,
     no gradients; the backbone's train/eval mode is restored afterwards). On a CPU, batches of
     64-128 are faster than 512 (the first block's activations then stay in cache)."""
@@ -219,21 +241,27 @@ def embed(backbone: ConvNet4, images: np.ndarray, batch_size: int = 128,
     was_training = backbone.training
     backbone.eval()
     try:
-        out = [backbone.features(_to_input(images[i:i + batch_size], device), layer).cpu()
-               for i in range(0, len(images), batch_size)]
+        out = [
+            backbone.features(_to_input(images[i : i + batch_size], device), layer).cpu()
+            for i in range(0, len(images), batch_size)
+        ]
     finally:
         backbone.train(was_training)
     dim = backbone.embedding_dim(images.shape[1:], layer)
     return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, dim), np.float32)
 
 
-def embed_dataset(backbone: ConvNet4, dataset: ImageDataset, batch_size: int = 128,
-                  layer: str = "final") -> FeatureBank:
+def embed_dataset(
+    backbone: ConvNet4, dataset: ImageDataset, batch_size: int = 128, layer: str = "final"
+) -> FeatureBank:
     """Every split of ``dataset`` embedded by the frozen backbone: a FeatureBank named
     ``"<dataset>/convnet4"`` (``"<dataset>/convnet4-prepool"`` for ``layer="prepool"``)."""
-    splits = {name: FeatureSplit(embed(backbone, split.images, batch_size, layer), split.labels,
-                                 list(split.class_names))
-              for name, split in dataset.splits.items()}
+    splits = {
+        name: FeatureSplit(
+            embed(backbone, split.images, batch_size, layer), split.labels, list(split.class_names)
+        )
+        for name, split in dataset.splits.items()
+    }
     suffix = "" if layer == "final" else f"-{layer}"
     return FeatureBank(splits, name=f"{dataset.name}/convnet4{suffix}")
 
@@ -257,8 +285,9 @@ def class_ids(bank: FeatureBank) -> dict[str, list[str]]:
     return ids
 
 
-def export_leo_pickles(bank: FeatureBank, out_dir: str | os.PathLike, dataset: str | None = None,
-                       crop: str = "center") -> Path:
+def export_leo_pickles(
+    bank: FeatureBank, out_dir: str | os.PathLike, dataset: str | None = None, crop: str = "center"
+) -> Path:
     """Write ``<out_dir>/<dataset>/<crop>/{train,val,test}_embeddings.pkl`` in the official layout
     (keys ``x-<class id>-<class id>_<index>.JPEG``) and ``classes.json`` beside them (class id ->
     original name per split, and the bank's name). ``dataset`` defaults to the part of the bank's
@@ -290,16 +319,20 @@ def read_exported_pickles(folder: str | os.PathLike) -> FeatureBank:
         index = json.loads((folder / CLASS_INDEX).read_text(encoding="utf-8"))
         names_of = index["splits"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"cannot read {folder / CLASS_INDEX} ({type(err).__name__}); export the "
-                        "features again with export_leo_pickles") from None
+        raise UserError(
+            f"cannot read {folder / CLASS_INDEX} ({type(err).__name__}); export the "
+            "features again with export_leo_pickles"
+        ) from None
     splits = {}
     for name in names_of:
         split = read_leo_split(folder / f"{name}_embeddings.pkl")
         try:
             class_names = [names_of[name][cid] for cid in split.class_names]
         except KeyError as err:
-            raise UserError(f"{folder / CLASS_INDEX} does not list class {err}; export the "
-                            "features again with export_leo_pickles") from None
+            raise UserError(
+                f"{folder / CLASS_INDEX} does not list class {err}; export the "
+                "features again with export_leo_pickles"
+            ) from None
         splits[name] = FeatureSplit(split.embeddings, split.labels, class_names, split.image_names)
     return FeatureBank(splits, name=str(index.get("source", folder.parent.name)))
 
@@ -314,24 +347,34 @@ def _check_plain(value: Any, where: str) -> None:
     try:
         json.dumps(value, allow_nan=True)
     except (TypeError, ValueError) as err:
-        raise UserError(f"{where} must be plain data (dicts, lists, strings, numbers): "
-                        f"{err}") from None
+        raise UserError(
+            f"{where} must be plain data (dicts, lists, strings, numbers): {err}"
+        ) from None
 
 
-def save_backbone(path: str | os.PathLike, backbone: ConvNet4, meta: dict[str, Any] | None = None
-                  ) -> Path:
+def save_backbone(
+    path: str | os.PathLike, backbone: ConvNet4, meta: dict[str, Any] | None = None
+) -> Path:
     """Save the backbone's architecture, state dict (CPU tensors) and plain ``meta`` (e.g. the
     history of :func:`train_backbone`: image size, classes trained on, accuracy), atomically."""
     meta = dict(meta or {})
     _check_plain(meta, "backbone metadata")
     state = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
-    return atomic_torch_save(path, {"format": BACKBONE_FORMAT, "version": BACKBONE_VERSION,
-                                    "config": backbone.config, "state_dict": state,
-                                    "meta": meta})
+    return atomic_torch_save(
+        path,
+        {
+            "format": BACKBONE_FORMAT,
+            "version": BACKBONE_VERSION,
+            "config": backbone.config,
+            "state_dict": state,
+            "meta": meta,
+        },
+    )
 
 
-def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu"
-                  ) -> tuple[ConvNet4, dict[str, Any]]:
+def load_backbone(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[ConvNet4, dict[str, Any]]:
     """A backbone saved by :func:`save_backbone`, in eval mode, and its metadata. Loads with
     ``weights_only=True`` (no code runs); a damaged or foreign file raises :class:`UserError`."""
     path = Path(path)
@@ -341,13 +384,16 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu"
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, not a torch file, or holds non-plain objects
-        raise UserError(f"cannot read backbone {path} ({type(err).__name__}); it is damaged: "
-                        f"{fix}") from None
+        raise UserError(
+            f"cannot read backbone {path} ({type(err).__name__}); it is damaged: {fix}"
+        ) from None
     if not isinstance(saved, dict) or saved.get("format") != BACKBONE_FORMAT:
         raise UserError(f"{path} is not a ConvNet4 backbone file; {fix}")
     if saved.get("version") != BACKBONE_VERSION:
-        raise UserError(f"{path} has backbone format version {saved.get('version')!r}, this "
-                        f"version reads {BACKBONE_VERSION}; {fix}")
+        raise UserError(
+            f"{path} has backbone format version {saved.get('version')!r}, this "
+            f"version reads {BACKBONE_VERSION}; {fix}"
+        )
     try:
         backbone = ConvNet4(**saved["config"])
         backbone.load_state_dict(saved["state_dict"])

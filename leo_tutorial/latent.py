@@ -68,9 +68,17 @@ class LatentCodes:
         return self.z_trajectory[:, -1]
 
 
-def collect_codes(model: LEO, split: FeatureSplit, *, n_way: int = 5, k_shot: int = 1,
-                  n_query: int = 15, tasks: int = 500, batch_size: int = 50,
-                  seed: int | list[int] = 0) -> LatentCodes:
+def collect_codes(
+    model: LEO,
+    split: FeatureSplit,
+    *,
+    n_way: int = 5,
+    k_shot: int = 1,
+    n_query: int = 15,
+    tasks: int = 500,
+    batch_size: int = 50,
+    seed: int | list[int] = 0,
+) -> LatentCodes:
     """z, z' and the inner-loop path of ``tasks`` tasks of ``split`` (the same seed and
     batch_size give the same tasks). With K > 1 the K slots of a class hold the same code; one
     is kept."""
@@ -86,9 +94,13 @@ def collect_codes(model: LEO, split: FeatureSplit, *, n_way: int = 5, k_shot: in
             for kept, w in ((before, out.w_init), (after, out.w_adapted)):
                 logits = model.predict(batch.query_x, w)
                 kept.append(losses.accuracy(logits, batch.query_y).cpu())
-    return LatentCodes(torch.cat(paths).double().numpy(), torch.cat(classes).numpy(),
-                       list(split.class_names), torch.cat(before).double().numpy(),
-                       torch.cat(after).double().numpy())
+    return LatentCodes(
+        torch.cat(paths).double().numpy(),
+        torch.cat(classes).numpy(),
+        list(split.class_names),
+        torch.cat(before).double().numpy(),
+        torch.cat(after).double().numpy(),
+    )
 
 
 # ---------------------------------------------------------------------------- 2-D pictures
@@ -115,8 +127,10 @@ def fit_pca(x: np.ndarray, n_components: int = 2) -> PCA:
     x = np.asarray(x, dtype=np.float64)
     x = x.reshape(-1, x.shape[-1])
     if len(x) < 2 or n_components > min(x.shape):
-        raise UserError(f"PCA with {n_components} components needs at least {n_components} "
-                        f"rows and columns, got {x.shape}; pass more codes")
+        raise UserError(
+            f"PCA with {n_components} components needs at least {n_components} "
+            f"rows and columns, got {x.shape}; pass more codes"
+        )
     mean = x.mean(axis=0)
     _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
     components = vt[:n_components]
@@ -137,8 +151,9 @@ def tsne(x: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
     perplexity = min(perplexity, (len(x) - 1) / 3)
     # 500 iterations (default 1 000): scikit-learn >= 1.5 calls the argument max_iter, n_iter before
     iterations = "max_iter" if "max_iter" in inspect.signature(TSNE).parameters else "n_iter"
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                **{iterations: 500}).fit_transform(x)
+    return TSNE(
+        n_components=2, perplexity=perplexity, init="pca", random_state=seed, **{iterations: 500}
+    ).fit_transform(x)
 
 
 # ------------------------------------------------------------------------------- separation
@@ -212,15 +227,21 @@ def task_trajectory(model: LEO, task: TaskBatch, steps: int | None = None) -> Ta
     """Adapt one task (a TaskBatch of size 1) for ``steps`` latent steps (default: the model's
     ``inner_unroll_length``) from the encoder's z, recording codes, weights and predictions."""
     if task.batch_size != 1:
-        raise UserError(f"task_trajectory takes one task, got a batch of {task.batch_size}; "
-                        "pass batch.task(i)")
+        raise UserError(
+            f"task_trajectory takes one task, got a batch of {task.batch_size}; pass batch.task(i)"
+        )
     steps = model.config.inner_unroll_length if steps is None else steps
     task = task.to(next(model.parameters()).device, model.dtype)
     x, y = task.support_x, task.support_y
     with evaluation_mode(model), torch.no_grad():
         z, _, _ = model.forward_encoder(x)
-    records: dict[str, list] = {"z": [], "w": [], "support_loss": [], "query_probs": [],
-                                "query_accuracy": []}
+    records: dict[str, list] = {
+        "z": [],
+        "w": [],
+        "support_loss": [],
+        "query_probs": [],
+        "query_accuracy": [],
+    }
     for step in range(steps + 1):
         if step:
             z = inner_step(model, x, y, z)
@@ -232,12 +253,12 @@ def task_trajectory(model: LEO, task: TaskBatch, steps: int | None = None) -> Ta
             records["support_loss"].append(loss.mean())
             records["query_probs"].append(torch.softmax(logits[0], dim=-1))
             records["query_accuracy"].append(losses.accuracy(logits, task.query_y)[0])
-    return TaskTrajectory(**{k: torch.stack(v).double().cpu().numpy()
-                             for k, v in records.items()})
+    return TaskTrajectory(**{k: torch.stack(v).double().cpu().numpy() for k, v in records.items()})
 
 
-def interpolate_class_code(model: LEO, task: TaskBatch, z: Tensor, a: int, b: int,
-                           points: int = 21) -> tuple[np.ndarray, np.ndarray]:
+def interpolate_class_code(
+    model: LEO, task: TaskBatch, z: Tensor, a: int, b: int, points: int = 21
+) -> tuple[np.ndarray, np.ndarray]:
     """Move class ``a``'s code along the line to class ``b``'s and decode the classifier.
 
     z [1,N,K,Z] (codes of ``task``); the code of class a becomes (1 - t) z_a + t z_b for
@@ -268,6 +289,7 @@ def weight_samples(model: LEO, z: Tensor, samples: int, seed: int = 0) -> Tensor
     generator = torch.Generator(device=z.device).manual_seed(seed)
     with torch.no_grad():
         mean, std, _ = model.gaussian_params(model.decoder(z), model.decoder_stddev_offset)
-        noise = torch.randn((samples, *mean.shape[1:]), generator=generator, dtype=mean.dtype,
-                            device=mean.device)
+        noise = torch.randn(
+            (samples, *mean.shape[1:]), generator=generator, dtype=mean.dtype, device=mean.device
+        )
         return mean + std * noise

@@ -57,8 +57,9 @@ def orthogonality_penalty(decoder_rows: Tensor) -> Tensor:
     """
     norms = decoder_rows.norm(dim=1, keepdim=True) + 1e-32
     correlation = (decoder_rows @ decoder_rows.T) / (norms * norms.T)
-    identity = torch.eye(decoder_rows.shape[0], dtype=decoder_rows.dtype,
-                         device=decoder_rows.device)
+    identity = torch.eye(
+        decoder_rows.shape[0], dtype=decoder_rows.dtype, device=decoder_rows.device
+    )
     return ((correlation - identity) ** 2).mean()
 
 
@@ -69,8 +70,9 @@ def l2_penalty(weights: Iterable[Tensor]) -> Tensor:
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """Softmax cross-entropy per example: logits [..., N], labels [...] int64 -> [...]."""
-    flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                           reduction="none")
+    flat = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none"
+    )
     return flat.view(labels.shape)
 
 

@@ -148,8 +148,13 @@ class LEO(nn.Module):
     and the decoder's std offset sqrt(2 / (D + N)). Any K and any number of queries work.
     """
 
-    def __init__(self, config: LEOConfig | None = None, embedding_dim: int = 640,
-                 n_way: int = 5, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        config: LEOConfig | None = None,
+        embedding_dim: int = 640,
+        n_way: int = 5,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         self.config = config = config or LEOConfig()
         if embedding_dim < 1 or n_way < 2:
@@ -158,8 +163,10 @@ class LEO(nn.Module):
         z, d = config.num_latents, embedding_dim
         self.g_e = nn.Linear(d, z, bias=False)
         self.g_r = nn.Sequential(
-            nn.Linear(2 * z, 2 * z, bias=False), nn.ReLU(),
-            nn.Linear(2 * z, 2 * z, bias=False), nn.ReLU(),
+            nn.Linear(2 * z, 2 * z, bias=False),
+            nn.ReLU(),
+            nn.Linear(2 * z, 2 * z, bias=False),
+            nn.ReLU(),
             nn.Linear(2 * z, 2 * z, bias=False),
         )
         self.g_d = nn.Linear(z, 2 * d, bias=False)
@@ -173,8 +180,13 @@ class LEO(nn.Module):
     # ----------------------------------------------------------------------------- helpers
     def weights(self) -> list[Tensor]:
         """The five weight matrices (L2-regularised; alpha and eta are not)."""
-        return [self.g_e.weight, self.g_r[0].weight, self.g_r[2].weight, self.g_r[4].weight,
-                self.g_d.weight]
+        return [
+            self.g_e.weight,
+            self.g_r[0].weight,
+            self.g_r[2].weight,
+            self.g_r[4].weight,
+            self.g_d.weight,
+        ]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -194,17 +206,25 @@ class LEO(nn.Module):
         """Clear errors for tensors that do not fit this model."""
         for x in (support_x, *others):
             if x.dim() != 4:
-                raise UserError(f"expected embeddings [B, N, K, D], got shape {tuple(x.shape)}; "
-                                "add the task axis with x.unsqueeze(0)")
+                raise UserError(
+                    f"expected embeddings [B, N, K, D], got shape {tuple(x.shape)}; "
+                    "add the task axis with x.unsqueeze(0)"
+                )
             if x.shape[-1] != self.embedding_dim:
-                raise UserError(f"embeddings are {x.shape[-1]}-d but the model was built for "
-                                f"{self.embedding_dim}-d; build LEO(embedding_dim={x.shape[-1]})")
+                raise UserError(
+                    f"embeddings are {x.shape[-1]}-d but the model was built for "
+                    f"{self.embedding_dim}-d; build LEO(embedding_dim={x.shape[-1]})"
+                )
             if x.shape[1] != self.n_way:
-                raise UserError(f"tasks are {x.shape[1]}-way but the model was built for "
-                                f"{self.n_way}-way; build LEO(n_way={x.shape[1]})")
+                raise UserError(
+                    f"tasks are {x.shape[1]}-way but the model was built for "
+                    f"{self.n_way}-way; build LEO(n_way={x.shape[1]})"
+                )
             if x.dtype != self.dtype:
-                raise UserError(f"embeddings are {x.dtype} but the model is {self.dtype}; "
-                                "convert with batch.to(dtype=model.dtype)")
+                raise UserError(
+                    f"embeddings are {x.dtype} but the model is {self.dtype}; "
+                    "convert with batch.to(dtype=model.dtype)"
+                )
 
     # ------------------------------------------------------------------- encoding (eq. 3)
     def encoder(self, x: Tensor) -> Tensor:
@@ -233,8 +253,9 @@ class LEO(nn.Module):
         """Mean over the K shots, tiled back to K slots: [B,N,K,C] -> [B,N,K,C] (eq. 3)."""
         return codes.mean(dim=2, keepdim=True).expand_as(codes)
 
-    def gaussian_params(self, params: Tensor, stddev_offset: float
-                        ) -> tuple[Tensor, Tensor, Tensor]:
+    def gaussian_params(
+        self, params: Tensor, stddev_offset: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Split [..., 2C] into mean and std = max(exp(u) - (1 - offset), 1e-10) (LEO_SPEC §2.3).
 
         Returns (mean, std, u) with u the raw second half.
@@ -243,8 +264,9 @@ class LEO(nn.Module):
         std, _ = floored_std(u, stddev_offset)
         return mean, std, u
 
-    def _sample(self, params: Tensor, stddev_offset: float, with_kl: bool = True
-                ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def _sample(
+        self, params: Tensor, stddev_offset: float, with_kl: bool = True
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """(value, kl [B] or None when not ``with_kl``, d value / d u or None).
 
         See :meth:`possibly_sample`; the decoder skips the KL nobody uses.
@@ -282,8 +304,11 @@ class LEO(nn.Module):
         if self.config.random_prior:
             shape = (b, n, k, self.config.num_latents)
             codes = support_x.new_zeros(shape[:-1] + (2 * self.config.num_latents,))
-            z = torch.randn(shape, dtype=self.dtype, device=support_x.device) if self.sampling \
+            z = (
+                torch.randn(shape, dtype=self.dtype, device=support_x.device)
+                if self.sampling
                 else support_x.new_zeros(shape)
+            )
             return z, support_x.new_zeros(b), codes
         codes = self.average_codes_per_class(self.relation_network(self.encoder(support_x)))
         z, kl = self.possibly_sample(codes)
@@ -312,8 +337,9 @@ class LEO(nn.Module):
         """Softmax cross-entropy per example: [B,N,Kx,N], [B,N,Kx] -> [B,N,Kx]."""
         return losses.cross_entropy(logits, labels)
 
-    def _support_pass(self, x: Tensor, y: Tensor, W: Tensor,
-                      dW_du: Tensor | None = None) -> SupportPass:
+    def _support_pass(
+        self, x: Tensor, y: Tensor, W: Tensor, dW_du: Tensor | None = None
+    ) -> SupportPass:
         if self.config.inner_gradient == "autograd":
             return SupportPass(self.loss_fn(self.predict(x, W), y), W, y)
         x = self.dropout(x)
@@ -328,8 +354,9 @@ class LEO(nn.Module):
         W, _, dW_du = self._sample(params, self.decoder_stddev_offset, with_kl=False)
         return self._support_pass(x, y, W, dW_du)
 
-    def forward_decoder(self, z: Tensor, support_x: Tensor, support_y: Tensor
-                        ) -> tuple[Tensor, Tensor]:
+    def forward_decoder(
+        self, z: Tensor, support_x: Tensor, support_y: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Decode z into classifier weights W ~ p(w | z) and score the support set.
 
         Returns (support loss per example [B,N,K], W [B,N,K,D]). The decoder's own KL is not
@@ -400,13 +427,20 @@ class LEO(nn.Module):
                 z = self._leaf(z - self.inner_lr * grad, meta)
                 trajectory.append(z)
                 states.append(self._decode(z, support_x, support_y))
-        penalty = losses.encoder_penalty(trajectory[0], z) if self.training \
-            else z.new_zeros(z.shape[0])
-        return LatentAdaptation(states[-1], trajectory, [s.W for s in states],
-                                [s.loss.flatten(1).mean(1) for s in states], penalty)
+        penalty = (
+            losses.encoder_penalty(trajectory[0], z) if self.training else z.new_zeros(z.shape[0])
+        )
+        return LatentAdaptation(
+            states[-1],
+            trajectory,
+            [s.W for s in states],
+            [s.loss.flatten(1).mean(1) for s in states],
+            penalty,
+        )
 
-    def finetuning_inner_loop(self, support_x: Tensor, support_y: Tensor,
-                              state: SupportPass) -> tuple[SupportPass, list[Tensor]]:
+    def finetuning_inner_loop(
+        self, support_x: Tensor, support_y: Tensor, state: SupportPass
+    ) -> tuple[SupportPass, list[Tensor]]:
         """W' = W - eta * grad_W sum L^tr(W), ``finetuning_unroll_length`` times.
 
         eta [D] is learned per embedding dimension; starts from the latent loop's last pass
@@ -447,12 +481,26 @@ class LEO(nn.Module):
         query_loss = self.loss_fn(query_logits, qy).flatten(1).mean(1)
         l2, orthogonality = self.regularisers()
         c, penalty = self.config, latent.encoder_penalty
-        loss = (query_loss + c.kl_weight * kl + c.encoder_penalty_weight * penalty).mean() \
-            + c.l2_penalty_weight * l2 + c.orthogonality_penalty_weight * orthogonality
+        loss = (
+            (query_loss + c.kl_weight * kl + c.encoder_penalty_weight * penalty).mean()
+            + c.l2_penalty_weight * l2
+            + c.orthogonality_penalty_weight * orthogonality
+        )
         return LEOOutput(
-            loss=loss, query_loss=query_loss, query_accuracy=losses.accuracy(query_logits, qy),
-            kl=kl, encoder_penalty=penalty, l2=l2, orthogonality=orthogonality, codes=codes,
-            z=latent.z_trajectory[0], z_trajectory=latent.z_trajectory,
-            w_init=latent.w_trajectory[0], w_trajectory=latent.w_trajectory,
-            w_adapted=latent.state.W, w=state.W,
-            query_logits=query_logits, support_losses=latent.support_losses + history)
+            loss=loss,
+            query_loss=query_loss,
+            query_accuracy=losses.accuracy(query_logits, qy),
+            kl=kl,
+            encoder_penalty=penalty,
+            l2=l2,
+            orthogonality=orthogonality,
+            codes=codes,
+            z=latent.z_trajectory[0],
+            z_trajectory=latent.z_trajectory,
+            w_init=latent.w_trajectory[0],
+            w_trajectory=latent.w_trajectory,
+            w_adapted=latent.state.W,
+            w=state.W,
+            query_logits=query_logits,
+            support_losses=latent.support_losses + history,
+        )

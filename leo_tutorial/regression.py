@@ -81,8 +81,14 @@ def theta_layout(hidden: int = 40) -> list[tuple[str, tuple[int, ...]]]:
     """Names and shapes of the parameters of the 1-hidden-hidden-1 MLP, in the order they sit in
     the flat theta vector (``torch.nn.Linear`` layout: weight [out, in], then bias [out]).
     For hidden = 40: 40 + 40 + 1600 + 40 + 40 + 1 = 1 761 numbers."""
-    return [("w1", (hidden, 1)), ("b1", (hidden,)), ("w2", (hidden, hidden)), ("b2", (hidden,)),
-            ("w3", (1, hidden)), ("b3", (1,))]
+    return [
+        ("w1", (hidden, 1)),
+        ("b1", (hidden,)),
+        ("w2", (hidden, hidden)),
+        ("b2", (hidden,)),
+        ("w3", (1, hidden)),
+        ("b3", (1,)),
+    ]
 
 
 def theta_size(hidden: int = 40) -> int:
@@ -94,11 +100,15 @@ def unflatten_theta(theta: Tensor, hidden: int = 40) -> dict[str, Tensor]:
     """Flat theta [B, P] -> {name: [B, *shape]} (views, no copy)."""
     sizes = [math.prod(shape) for _, shape in theta_layout(hidden)]
     if theta.shape[-1] != sum(sizes):
-        raise UserError(f"theta has {theta.shape[-1]} numbers, an MLP with {hidden} hidden units "
-                        f"needs {sum(sizes)}")
+        raise UserError(
+            f"theta has {theta.shape[-1]} numbers, an MLP with {hidden} hidden units "
+            f"needs {sum(sizes)}"
+        )
     parts = theta.split(sizes, dim=-1)
-    return {name: part.reshape(theta.shape[:-1] + shape)
-            for (name, shape), part in zip(theta_layout(hidden), parts, strict=True)}
+    return {
+        name: part.reshape(theta.shape[:-1] + shape)
+        for (name, shape), part in zip(theta_layout(hidden), parts, strict=True)
+    }
 
 
 def mlp_forward(x: Tensor, theta: Tensor, hidden: int = 40) -> Tensor:
@@ -112,8 +122,10 @@ def mlp_forward(x: Tensor, theta: Tensor, hidden: int = 40) -> Tensor:
 def glorot_offsets(hidden: int = 40) -> Tensor:
     """Decoder std offset per theta entry [P]: sqrt(2 / (fan_in + fan_out)) of its layer."""
     fans = {"1": (1, hidden), "2": (hidden, hidden), "3": (hidden, 1)}
-    parts = [torch.full((math.prod(shape),), math.sqrt(2.0 / sum(fans[name[1]])))
-             for name, shape in theta_layout(hidden)]
+    parts = [
+        torch.full((math.prod(shape),), math.sqrt(2.0 / sum(fans[name[1]])))
+        for name, shape in theta_layout(hidden)
+    ]
     return torch.cat(parts)
 
 
@@ -169,8 +181,13 @@ class RegressionConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"{f.name} = {value} is not a finite number")
-        for name in ("num_latents", "hidden", "encoder_hidden", "relation_hidden",
-                     "decoder_hidden"):
+        for name in (
+            "num_latents",
+            "hidden",
+            "encoder_hidden",
+            "relation_hidden",
+            "decoder_hidden",
+        ):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.inner_unroll_length < 0:
@@ -224,8 +241,7 @@ class RegressionLEO(nn.Module):
     recalls the paper; see the module docstring), unless ``config.deterministic``.
     """
 
-    def __init__(self, config: RegressionConfig | None = None,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(self, config: RegressionConfig | None = None, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.config = c = config or RegressionConfig()
         z = c.num_latents
@@ -245,13 +261,17 @@ class RegressionLEO(nn.Module):
             last = self.g_d[-1].bias
             offset = self.theta_std_offset
             with torch.no_grad():
-                last[:self.n_theta] = (2 * torch.rand_like(offset) - 1) * offset * math.sqrt(3)
-                last[self.n_theta:] = torch.log(c.theta_std_init * offset + 1 - offset)
+                last[: self.n_theta] = (2 * torch.rand_like(offset) - 1) * offset * math.sqrt(3)
+                last[self.n_theta :] = torch.log(c.theta_std_init * offset + 1 - offset)
 
     def weights(self) -> list[Tensor]:
         """Every weight matrix of g_e, g_r, g_d (L2-regularised; alpha is not)."""
-        return [m.weight for net in (self.g_e, self.g_r, self.g_d) for m in net
-                if isinstance(m, nn.Linear)]
+        return [
+            m.weight
+            for net in (self.g_e, self.g_r, self.g_d)
+            for m in net
+            if isinstance(m, nn.Linear)
+        ]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -260,15 +280,20 @@ class RegressionLEO(nn.Module):
     def check_inputs(self, x: Tensor, y: Tensor) -> None:
         """Clear errors for points that do not fit: x and y must both be [B, K, 1]."""
         if x.dim() != 3 or x.shape[-1] != 1 or x.shape != y.shape:
-            raise UserError(f"expected x and y of shape [B, K, 1], got {tuple(x.shape)} and "
-                            f"{tuple(y.shape)}; reshape K points with x.reshape(1, -1, 1)")
+            raise UserError(
+                f"expected x and y of shape [B, K, 1], got {tuple(x.shape)} and "
+                f"{tuple(y.shape)}; reshape K points with x.reshape(1, -1, 1)"
+            )
         if x.dtype != self.dtype or y.dtype != self.dtype:
-            raise UserError(f"points are {x.dtype}/{y.dtype} but the model is {self.dtype}; "
-                            "convert with batch.to(dtype=model.dtype)")
+            raise UserError(
+                f"points are {x.dtype}/{y.dtype} but the model is {self.dtype}; "
+                "convert with batch.to(dtype=model.dtype)"
+            )
 
     # ------------------------------------------------------------------- sampling (LEO_SPEC §2.3)
-    def sample(self, params: Tensor, stddev_offset: float | Tensor = 0.0
-               ) -> tuple[Tensor, Tensor, Tensor]:
+    def sample(
+        self, params: Tensor, stddev_offset: float | Tensor = 0.0
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Split [B, 2C] into mean and std, draw a reparameterised sample: (value, mean, std),
         each [B, C]. value = mean when ``deterministic``."""
         mean, u = params.chunk(2, dim=-1)
@@ -284,8 +309,9 @@ class RegressionLEO(nn.Module):
         mean over every pair: one code per task."""
         h = self.g_e(torch.cat([x, y], dim=-1))  # [B, K, Z]
         k = h.shape[1]
-        pairs = torch.cat([h[:, :, None, :].expand(-1, -1, k, -1),
-                           h[:, None, :, :].expand(-1, k, -1, -1)], dim=-1)  # [B, K, K, 2Z]
+        pairs = torch.cat(
+            [h[:, :, None, :].expand(-1, -1, k, -1), h[:, None, :, :].expand(-1, k, -1, -1)], dim=-1
+        )  # [B, K, K, 2Z]
         return self.g_r(pairs).mean(dim=(1, 2))
 
     def forward_encoder(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -330,8 +356,9 @@ class RegressionLEO(nn.Module):
                 trajectory.append(z)
                 support.append(mse(self.predict(x, thetas[-1]), y))
         if not meta:
-            trajectory, thetas, support = ([t.detach() for t in ts]
-                                           for ts in (trajectory, thetas, support))
+            trajectory, thetas, support = (
+                [t.detach() for t in ts] for ts in (trajectory, thetas, support)
+            )
         return RegressionAdaptation(trajectory, thetas, support)
 
     # ------------------------------------------------------------------ meta-objective (eq. 6)
@@ -352,10 +379,22 @@ class RegressionLEO(nn.Module):
         penalty = losses.encoder_penalty(adaptation.z_trajectory[0], z_prime)
         l2 = losses.l2_penalty(self.weights())
         c = self.config
-        loss = (query_loss + c.kl_weight * kl + c.encoder_penalty_weight * penalty).mean() \
-            + c.l2_penalty_weight * l2
-        return RegressionOutput(loss, query_loss, kl, penalty, l2, codes, z, z_prime, theta,
-                                query_pred, adaptation.support_losses)
+        loss = (
+            query_loss + c.kl_weight * kl + c.encoder_penalty_weight * penalty
+        ).mean() + c.l2_penalty_weight * l2
+        return RegressionOutput(
+            loss,
+            query_loss,
+            kl,
+            penalty,
+            l2,
+            codes,
+            z,
+            z_prime,
+            theta,
+            query_pred,
+            adaptation.support_losses,
+        )
 
 
 # ------------------------------------------------------------- functions for figures (Fig. 2)
@@ -381,9 +420,14 @@ def _points(values: Tensor | Sequence[float], dtype: torch.dtype) -> Tensor:
     return t.reshape(1, -1, 1)
 
 
-def sample_functions(model: RegressionLEO, support_x: Tensor | Sequence[float],
-                     support_y: Tensor | Sequence[float], grid: Tensor | None = None,
-                     n_samples: int = 50, seed: int = 0) -> FunctionSamples:
+def sample_functions(
+    model: RegressionLEO,
+    support_x: Tensor | Sequence[float],
+    support_y: Tensor | Sequence[float],
+    grid: Tensor | None = None,
+    n_samples: int = 50,
+    seed: int = 0,
+) -> FunctionSamples:
     """Draw ``n_samples`` functions from the generative model for one task (paper Fig. 2).
 
     Each draw samples its own z ~ q(z | D^tr), adapts it with the inner loop (new theta samples
@@ -396,8 +440,11 @@ def sample_functions(model: RegressionLEO, support_x: Tensor | Sequence[float],
     x, y = _points(support_x, model.dtype), _points(support_y, model.dtype)
     if x.shape != y.shape:
         raise UserError(f"got {x.shape[1]} x values but {y.shape[1]} y values")
-    grid = torch.linspace(-5, 5, 200, dtype=model.dtype) if grid is None \
+    grid = (
+        torch.linspace(-5, 5, 200, dtype=model.dtype)
+        if grid is None
         else torch.as_tensor(grid, dtype=model.dtype)
+    )
     x, y = x.expand(n_samples, -1, -1), y.expand(n_samples, -1, -1)
     grid_b = grid.reshape(1, -1, 1).expand(n_samples, -1, -1)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -409,8 +456,9 @@ def sample_functions(model: RegressionLEO, support_x: Tensor | Sequence[float],
     return FunctionSamples(grid, before, after, torch.stack(adaptation.support_losses))
 
 
-def predict_on_grid(model: RegressionLEO, batch: RegressionBatch, grid: Tensor,
-                    seed: int = 0) -> Tensor:
+def predict_on_grid(
+    model: RegressionLEO, batch: RegressionBatch, grid: Tensor, seed: int = 0
+) -> Tensor:
     """One adapted function per task evaluated on ``grid`` [G]: -> [B, G] (seeded draw)."""
     grid_b = grid.to(model.dtype).reshape(1, -1, 1).expand(batch.batch_size, -1, -1)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -455,9 +503,13 @@ def line_fraction(samples: FunctionSamples, adapted: bool = True) -> float:
 
 
 # -------------------------------------------------------------------- training and evaluation
-def evaluate_regression(model: RegressionLEO, tasks: int = 500, seed: int = 1,
-                        data: SinusoidConfig | None = None, batch_size: int = 100
-                        ) -> dict[str, float]:
+def evaluate_regression(
+    model: RegressionLEO,
+    tasks: int = 500,
+    seed: int = 1,
+    data: SinusoidConfig | None = None,
+    batch_size: int = 100,
+) -> dict[str, float]:
     """Mean query MSE over ``tasks`` held-out tasks (fixed by ``seed``) with its 95% CI and its
     median (the mean is dominated by a few hard tasks, e.g. steep lines), the support MSE before
     and after the inner loop, and the query MSE against the noise-free function (the noise alone
@@ -467,19 +519,24 @@ def evaluate_regression(model: RegressionLEO, tasks: int = 500, seed: int = 1,
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(step_seed(seed, TORCH, 0))
         for start in range(0, tasks, batch_size):
-            batch = sample_tasks(min(batch_size, tasks - start), [seed, VAL, start], data,
-                                 model.dtype)
+            batch = sample_tasks(
+                min(batch_size, tasks - start), [seed, VAL, start], data, model.dtype
+            )
             out = model(batch)
             query.append(out.query_loss)
             clean.append(mse(out.query_pred, batch.true_function(batch.query_x)))
             before.append(out.support_losses[0])
             after.append(out.support_losses[-1])
     query_mse, ci95 = mean_ci95(torch.cat(query).double().numpy())
-    return {"query_mse": query_mse, "query_mse_ci95": ci95,
-            "query_mse_median": float(torch.cat(query).double().median()),
-            "query_mse_noise_free": float(torch.cat(clean).double().mean()),
-            "support_mse_before": float(torch.cat(before).double().mean()),
-            "support_mse_after": float(torch.cat(after).double().mean()), "tasks": tasks}
+    return {
+        "query_mse": query_mse,
+        "query_mse_ci95": ci95,
+        "query_mse_median": float(torch.cat(query).double().median()),
+        "query_mse_noise_free": float(torch.cat(clean).double().mean()),
+        "support_mse_before": float(torch.cat(before).double().mean()),
+        "support_mse_after": float(torch.cat(after).double().mean()),
+        "tasks": tasks,
+    }
 
 
 @dataclass
@@ -489,12 +546,17 @@ class RegressionTrainResult:
     seconds: float
 
 
-def train_regression(config: RegressionConfig | None = None, steps: int = 1500,
-                     batch_size: int = 16, seed: int = 0,
-                     data: SinusoidConfig | None = None, log_every: int = 50,
-                     progress: bool = True, dtype: torch.dtype = torch.float32,
-                     callback: Callable[[int, dict[str, float]], None] | None = None
-                     ) -> RegressionTrainResult:
+def train_regression(
+    config: RegressionConfig | None = None,
+    steps: int = 1500,
+    batch_size: int = 16,
+    seed: int = 0,
+    data: SinusoidConfig | None = None,
+    log_every: int = 50,
+    progress: bool = True,
+    dtype: torch.dtype = torch.float32,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> RegressionTrainResult:
     """Meta-train a :class:`RegressionLEO` on fresh sines-and-lines tasks (Adam on the
     meta-loss; the classification model's NaN guard and, when switched on, its clipping).
 
@@ -502,8 +564,10 @@ def train_regression(config: RegressionConfig | None = None, steps: int = 1500,
     (seed, t): the same arguments give the same model.
     """
     if steps < 0 or batch_size < 1 or log_every < 1:
-        raise UserError(f"need steps >= 0, batch_size >= 1, log_every >= 1; got {steps}, "
-                        f"{batch_size}, {log_every}")
+        raise UserError(
+            f"need steps >= 0, batch_size >= 1, log_every >= 1; got {steps}, "
+            f"{batch_size}, {log_every}"
+        )
     data, start = data or SinusoidConfig(), time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(step_seed(seed, INIT, 0))
@@ -515,13 +579,33 @@ def train_regression(config: RegressionConfig | None = None, steps: int = 1500,
             torch.manual_seed(step_seed(seed, TORCH, step))
             out = model(batch)
             apply_meta_gradient(model, optimizer, out.loss)  # type: ignore[arg-type]
-            window.append([t.detach().double().mean().item() for t in (
-                out.query_loss, out.kl, out.encoder_penalty, out.support_losses[0],
-                out.support_losses[-1])])
+            window.append(
+                [
+                    t.detach().double().mean().item()
+                    for t in (
+                        out.query_loss,
+                        out.kl,
+                        out.encoder_penalty,
+                        out.support_losses[0],
+                        out.support_losses[-1],
+                    )
+                ]
+            )
             if len(window) == log_every or step == steps - 1:
                 values = np.mean(window, axis=0).tolist()
-                record = dict(zip(["query_mse", "kl", "encoder_penalty", "support_mse_before",
-                                   "support_mse_after"], values, strict=True))
+                record = dict(
+                    zip(
+                        [
+                            "query_mse",
+                            "kl",
+                            "encoder_penalty",
+                            "support_mse_before",
+                            "support_mse_after",
+                        ],
+                        values,
+                        strict=True,
+                    )
+                )
                 history.append({"step": step, **record})
                 window.clear()
                 if callback is not None:
@@ -530,14 +614,22 @@ def train_regression(config: RegressionConfig | None = None, steps: int = 1500,
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def save_regression(model: RegressionLEO, path: str | Path,
-                    metrics: dict[str, Any] | None = None) -> Path:
+def save_regression(
+    model: RegressionLEO, path: str | Path, metrics: dict[str, Any] | None = None
+) -> Path:
     """Write the model (config, weights, optional metrics) atomically, tensors and plain types
     only, so :func:`load_regression` reads it with ``weights_only=True``."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, "config": asdict(model.config),
-                                    "dtype": str(model.dtype).removeprefix("torch."),
-                                    "model": state, "metrics": metrics or {}})
+    return atomic_torch_save(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "config": asdict(model.config),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "model": state,
+            "metrics": metrics or {},
+        },
+    )
 
 
 def shipped_checkpoint() -> Path:
@@ -554,13 +646,17 @@ def load_regression(path: str | Path | None = None) -> tuple[RegressionLEO, dict
         if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("not a regression checkpoint of format 1")
         with torch.random.fork_rng(devices=[]):  # initial weights are overwritten: keep the
-            model = RegressionLEO(RegressionConfig(**saved["config"]),  # caller's random stream
-                                  dtype=getattr(torch, saved["dtype"]))
+            model = RegressionLEO(
+                RegressionConfig(**saved["config"]),  # caller's random stream
+                dtype=getattr(torch, saved["dtype"]),
+            )
         model.load_state_dict(saved["model"])
     except FileNotFoundError:
         raise UserError(f"{path} not found; train one with scripts/train_regression.py") from None
     except Exception as e:  # noqa: BLE001 (any unpickling or shape problem: a damaged file)
-        raise UserError(f"{path} is not a readable regression checkpoint ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200] if str(e) else ''}); "
-                        "regenerate it with scripts/train_regression.py") from None
+        raise UserError(
+            f"{path} is not a readable regression checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''}); "
+            "regenerate it with scripts/train_regression.py"
+        ) from None
     return model, saved.get("metrics", {})

@@ -47,8 +47,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available; "
-                        "use --device cpu or --device auto")
+        raise UserError(
+            "--device cuda was asked for but no CUDA GPU is available; "
+            "use --device cpu or --device auto"
+        )
     return device
 
 
@@ -82,9 +84,11 @@ class EvalResult:
         return d
 
     def __str__(self) -> str:
-        return (f"{self.split} accuracy {100 * self.accuracy:.2f}% +- {100 * self.ci95:.2f}% "
-                f"(95% CI, {self.tasks} {self.way}-way {self.shot}-shot tasks, "
-                f"{self.queries_per_class} queries per class)")
+        return (
+            f"{self.split} accuracy {100 * self.accuracy:.2f}% +- {100 * self.ci95:.2f}% "
+            f"(95% CI, {self.tasks} {self.way}-way {self.shot}-shot tasks, "
+            f"{self.queries_per_class} queries per class)"
+        )
 
 
 def mean_ci95(values: np.ndarray) -> tuple[float, float]:
@@ -95,10 +99,20 @@ def mean_ci95(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(len(values)))
 
 
-def evaluate(model: LEO, split: FeatureSplit, *, n_way: int, k_shot: int,
-             n_query: int | None = None, tasks: int = 2000, batch_size: int = 50,
-             seed: int | list[int] = 0, split_name: str = "test",
-             device: torch.device | str | None = None, progress: bool = False) -> EvalResult:
+def evaluate(
+    model: LEO,
+    split: FeatureSplit,
+    *,
+    n_way: int,
+    k_shot: int,
+    n_query: int | None = None,
+    tasks: int = 2000,
+    batch_size: int = 50,
+    seed: int | list[int] = 0,
+    split_name: str = "test",
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> EvalResult:
     """Mean query accuracy of the deterministic model (means, no dropout) over ``tasks`` tasks.
 
     ``n_query=None`` uses every remaining image of each class as a query (official: 600 - K).
@@ -111,16 +125,30 @@ def evaluate(model: LEO, split: FeatureSplit, *, n_way: int, k_shot: int,
     accuracies, losses = [], []
     batches = sampler.iter_batches(tasks, batch_size, seed)
     with torch.no_grad():
-        for batch in tqdm(batches, total=math.ceil(tasks / batch_size), disable=not progress,
-                          desc=f"evaluate {split_name}", leave=False):
+        for batch in tqdm(
+            batches,
+            total=math.ceil(tasks / batch_size),
+            disable=not progress,
+            desc=f"evaluate {split_name}",
+            leave=False,
+        ):
             out = model(batch.to(device, model.dtype))
             accuracies.append(out.query_accuracy.double().cpu().numpy())
             losses.append(out.query_loss.double().cpu().numpy())
     model.train(was_training)
     per_task = np.concatenate(accuracies)
     accuracy, ci95 = mean_ci95(per_task)
-    return EvalResult(accuracy, ci95, float(np.concatenate(losses).mean()), len(per_task), n_way,
-                      k_shot, sampler.n_query, split_name, per_task)
+    return EvalResult(
+        accuracy,
+        ci95,
+        float(np.concatenate(losses).mean()),
+        len(per_task),
+        n_way,
+        k_shot,
+        sampler.n_query,
+        split_name,
+        per_task,
+    )
 
 
 # ---------------------------------------------------------------------------- outer step
@@ -160,8 +188,9 @@ def apply_meta_gradient(model: LEO, optimizer: torch.optim.Optimizer, loss: torc
     if not all_finite([loss, *grads]):
         return False
     c = model.config
-    for p, g in zip(params, clip_gradients(grads, c.gradient_threshold,
-                                           c.gradient_norm_threshold), strict=True):
+    for p, g in zip(
+        params, clip_gradients(grads, c.gradient_threshold, c.gradient_norm_threshold), strict=True
+    ):
         p.grad = g
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -190,8 +219,10 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{path} not found: is {path.parent} a run directory written by "
-                        "`leo-tutorial train --out`?") from None
+        raise UserError(
+            f"{path} not found: is {path.parent} a run directory written by "
+            "`leo-tutorial train --out`?"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}); the {what} is damaged") from None
 
@@ -203,27 +234,39 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"{path} not found: the run has no checkpoint yet") from None
     except Exception as e:  # noqa: BLE001 (any unpickling problem is a damaged file)
-        raise UserError(f"{path} is not a readable leo-tutorial checkpoint ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]}); delete it or train again") from None
+        raise UserError(
+            f"{path} is not a readable leo-tutorial checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}); delete it or train again"
+        ) from None
 
 
-def run_record(leo_config: LEOConfig, train_config: TrainConfig, data_spec: dict[str, Any],
-               embedding_dim: int) -> dict[str, Any]:
-    return {"format": RUN_FORMAT, "leo_config": config_to_dict(leo_config),
-            "train_config": config_to_dict(train_config), "data": data_spec,
-            "embedding_dim": embedding_dim}
+def run_record(
+    leo_config: LEOConfig, train_config: TrainConfig, data_spec: dict[str, Any], embedding_dim: int
+) -> dict[str, Any]:
+    return {
+        "format": RUN_FORMAT,
+        "leo_config": config_to_dict(leo_config),
+        "train_config": config_to_dict(train_config),
+        "data": data_spec,
+        "embedding_dim": embedding_dim,
+    }
 
 
 def build_model(record: dict[str, Any], device: torch.device | str = "cpu") -> LEO:
     """An untrained LEO shaped as in ``run.json``."""
     leo_config = config_from_dict(LEOConfig, record["leo_config"])
     train_config = config_from_dict(TrainConfig, record["train_config"])
-    return LEO(leo_config, embedding_dim=record["embedding_dim"], n_way=train_config.n_way,
-               dtype=torch_dtype(train_config.dtype)).to(device)
+    return LEO(
+        leo_config,
+        embedding_dim=record["embedding_dim"],
+        n_way=train_config.n_way,
+        dtype=torch_dtype(train_config.dtype),
+    ).to(device)
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu",
-             which: str = "best") -> tuple[LEO, dict[str, Any]]:
+def load_run(
+    run_dir: str | Path, device: str | torch.device = "cpu", which: str = "best"
+) -> tuple[LEO, dict[str, Any]]:
     """The ``best`` (or ``checkpoint``: latest) model of a run, and its run.json record."""
     run_dir = Path(run_dir)
     record = read_json(run_dir / "run.json", "run record")
@@ -239,19 +282,32 @@ def _check_resume(saved: dict[str, Any], record: dict[str, Any]) -> None:
     for section in ("leo_config", "train_config", "data"):
         for key in sorted(set(saved[section]) | set(record[section])):
             if key != "steps" and saved[section].get(key) != record[section].get(key):
-                differences.append(f"{key}: run has {saved[section].get(key)!r}, "
-                                   f"now {record[section].get(key)!r}")
+                differences.append(
+                    f"{key}: run has {saved[section].get(key)!r}, now {record[section].get(key)!r}"
+                )
     if differences:
-        raise UserError("--resume needs the same settings as the interrupted run ("
-                        + "; ".join(differences[:3]) + "); repeat the original command with "
-                        "--resume, or start a new run with another --out")
+        raise UserError(
+            "--resume needs the same settings as the interrupted run ("
+            + "; ".join(differences[:3])
+            + "); repeat the original command with "
+            "--resume, or start a new run with another --out"
+        )
 
 
-def train(leo_config: LEOConfig, train_config: TrainConfig, bank: FeatureBank,
-          out_dir: str | Path, *, data_spec: dict[str, Any] | None = None,
-          device: str | torch.device = "auto", resume: bool = False, progress: bool = True,
-          test: bool = True, callback: Callable[[int, dict[str, Any]], None] | None = None,
-          log: Callable[[str], None] = print) -> TrainResult:
+def train(
+    leo_config: LEOConfig,
+    train_config: TrainConfig,
+    bank: FeatureBank,
+    out_dir: str | Path,
+    *,
+    data_spec: dict[str, Any] | None = None,
+    device: str | torch.device = "auto",
+    resume: bool = False,
+    progress: bool = True,
+    test: bool = True,
+    callback: Callable[[int, dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
     """Meta-train LEO on ``bank``'s train split, select on val, test the best model.
 
     Validation runs at step 0 and every ``val_every`` steps and at the end (deterministic model,
@@ -283,48 +339,80 @@ def train(leo_config: LEOConfig, train_config: TrainConfig, bank: FeatureBank,
         start, best_val, best_step = state["step"], state["best_val"], state["best_step"]
         history = read_json(out_dir / "metrics.json", "metrics history")
         for key in history:  # drop anything logged after the checkpoint
-            history[key] = [h for h in history[key] if h["step"] < start
-                            or (key == "val" and h["step"] == start)]
-        log(f"resuming {out_dir} at step {start} (best val {100 * best_val:.2f}% "
-            f"at step {best_step})")
+            history[key] = [
+                h
+                for h in history[key]
+                if h["step"] < start or (key == "val" and h["step"] == start)
+            ]
+        log(
+            f"resuming {out_dir} at step {start} (best val {100 * best_val:.2f}% "
+            f"at step {best_step})"
+        )
     elif (out_dir / "checkpoint.pt").exists():
-        raise UserError(f"{out_dir} already holds a run; add --resume to continue it, or "
-                        "choose a new --out directory")
+        raise UserError(
+            f"{out_dir} already holds a run; add --resume to continue it, or "
+            "choose a new --out directory"
+        )
     atomic_write_json(out_dir / "run.json", record)
 
     def save_checkpoint(step: int) -> None:
-        atomic_torch_save(out_dir / "checkpoint.pt", {
-            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "best_val": best_val, "best_step": best_step})
+        atomic_torch_save(
+            out_dir / "checkpoint.pt",
+            {
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "best_val": best_val,
+                "best_step": best_step,
+            },
+        )
         atomic_write_json(out_dir / "metrics.json", history)
 
     def validate(step: int) -> None:
         nonlocal best_val, best_step
-        result = evaluate(model, val_split, n_way=tc.n_way, k_shot=tc.k_shot,
-                          n_query=tc.eval_n_query, tasks=tc.val_tasks,
-                          batch_size=tc.eval_batch_size, seed=[tc.seed, VAL], split_name="val")
-        history["val"].append({"step": step, "accuracy": result.accuracy, "ci95": result.ci95,
-                               "loss": result.loss})
+        result = evaluate(
+            model,
+            val_split,
+            n_way=tc.n_way,
+            k_shot=tc.k_shot,
+            n_query=tc.eval_n_query,
+            tasks=tc.val_tasks,
+            batch_size=tc.eval_batch_size,
+            seed=[tc.seed, VAL],
+            split_name="val",
+        )
+        history["val"].append(
+            {"step": step, "accuracy": result.accuracy, "ci95": result.ci95, "loss": result.loss}
+        )
         if result.accuracy > best_val:
             best_val, best_step = result.accuracy, step
-            atomic_torch_save(out_dir / "best.pt", {"step": step, "val_accuracy": best_val,
-                                                    "model": model.state_dict()})
+            atomic_torch_save(
+                out_dir / "best.pt",
+                {"step": step, "val_accuracy": best_val, "model": model.state_dict()},
+            )
         save_checkpoint(step)
         if callback is not None:
-            callback(step, {"val_accuracy": result.accuracy, "history": history,
-                            "model": model})
+            callback(step, {"val_accuracy": result.accuracy, "history": history, "model": model})
 
     dtype = torch_dtype(tc.dtype)
     window: list[tuple[float, ...]] = []  # per step: query loss, accuracy, KL, encoder penalty
-    bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not progress,
-               desc="meta-train", unit="step")
+    bar = tqdm(
+        range(start, tc.steps),
+        initial=start,
+        total=tc.steps,
+        disable=not progress,
+        desc="meta-train",
+        unit="step",
+    )
     done = start  # completed meta-steps: what a checkpoint written now would resume from
     try:
         for step in bar:
             if step % tc.val_every == 0 and all(h["step"] != step for h in history["val"]):
                 validate(step)
-                bar.set_postfix(val=f"{100 * history['val'][-1]['accuracy']:.1f}%",
-                                best=f"{100 * best_val:.1f}%")
+                bar.set_postfix(
+                    val=f"{100 * history['val'][-1]['accuracy']:.1f}%",
+                    best=f"{100 * best_val:.1f}%",
+                )
             batch = train_sampler.sample(tc.batch_size, [tc.seed, TRAIN, step]).to(device, dtype)
             torch.manual_seed(step_seed(tc.seed, TORCH, step))
             out, applied = meta_step(model, optimizer, batch)
@@ -332,12 +420,23 @@ def train(leo_config: LEOConfig, train_config: TrainConfig, bank: FeatureBank,
             if not applied:
                 history["skipped"].append({"step": step, "loss": out.loss.item()})
                 log(f"step {step}: non-finite meta-loss or gradient; update skipped")
-            window.append(tuple(t.detach().mean().item() for t in (
-                out.query_loss, out.query_accuracy, out.kl, out.encoder_penalty)))
+            window.append(
+                tuple(
+                    t.detach().mean().item()
+                    for t in (out.query_loss, out.query_accuracy, out.kl, out.encoder_penalty)
+                )
+            )
             if len(window) == min(50, tc.val_every) or done == tc.steps:
                 loss, acc, kl, penalty = np.mean(window, axis=0).tolist()
-                history["train"].append({"step": step, "loss": loss, "accuracy": acc,
-                                         "kl": kl, "encoder_penalty": penalty})
+                history["train"].append(
+                    {
+                        "step": step,
+                        "loss": loss,
+                        "accuracy": acc,
+                        "kl": kl,
+                        "encoder_penalty": penalty,
+                    }
+                )
                 window.clear()
         if all(h["step"] != tc.steps for h in history["val"]):
             validate(tc.steps)
@@ -350,11 +449,19 @@ def train(leo_config: LEOConfig, train_config: TrainConfig, bank: FeatureBank,
     model.load_state_dict(best["model"])
     test_result = None
     if test:
-        test_result = evaluate(model, bank.split("test"), n_way=tc.n_way, k_shot=tc.k_shot,
-                               n_query=tc.eval_n_query, tasks=tc.test_tasks,
-                               batch_size=tc.eval_batch_size, seed=[tc.seed, TEST],
-                               split_name="test", progress=progress)
-        atomic_write_json(out_dir / "test.json", {**test_result.to_dict(),
-                                                  "best_step": best_step})
-    return TrainResult(out_dir, model, best_step, best_val, test_result, history,
-                       time.perf_counter() - t_start)
+        test_result = evaluate(
+            model,
+            bank.split("test"),
+            n_way=tc.n_way,
+            k_shot=tc.k_shot,
+            n_query=tc.eval_n_query,
+            tasks=tc.test_tasks,
+            batch_size=tc.eval_batch_size,
+            seed=[tc.seed, TEST],
+            split_name="test",
+            progress=progress,
+        )
+        atomic_write_json(out_dir / "test.json", {**test_result.to_dict(), "best_step": best_step})
+    return TrainResult(
+        out_dir, model, best_step, best_val, test_result, history, time.perf_counter() - t_start
+    )

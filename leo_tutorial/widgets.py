@@ -37,8 +37,9 @@ class LatentExplorer:
         self.next_step = widgets.Button(description="one step more")
         self.image = widgets.Image(format="png")
         self.summary = widgets.HTML()
-        self.widget = widgets.VBox([widgets.HBox([self.task, self.step, self.next_step]),
-                                    self.image, self.summary])
+        self.widget = widgets.VBox(
+            [widgets.HBox([self.task, self.step, self.next_step]), self.image, self.summary]
+        )
         self.trajectory: latent.TaskTrajectory | None = None
         self.projection: latent.PCA | None = None  # fitted on the current task's codes
         self.result: dict[str, Any] = {}
@@ -48,8 +49,9 @@ class LatentExplorer:
         self._load_task()
 
     def _load_task(self) -> None:
-        self.trajectory = latent.task_trajectory(self.model, self.tasks.task(self.task.value),
-                                                 self.step.max)
+        self.trajectory = latent.task_trajectory(
+            self.model, self.tasks.task(self.task.value), self.step.max
+        )
         self.projection = latent.fit_pca(self.trajectory.z)
         self._draw()
 
@@ -58,14 +60,19 @@ class LatentExplorer:
 
     def _draw(self) -> None:
         trajectory, step = self.trajectory, self.step.value
-        self.result = {"task": self.task.value, "step": step,
-                       "support_loss": float(trajectory.support_loss[step]),
-                       "query_accuracy": float(trajectory.query_accuracy[step]),
-                       "predictions": trajectory.query_probs[step].argmax(-1)}
+        self.result = {
+            "task": self.task.value,
+            "step": step,
+            "support_loss": float(trajectory.support_loss[step]),
+            "query_accuracy": float(trajectory.query_accuracy[step]),
+            "predictions": trajectory.query_probs[step].argmax(-1),
+        }
         self.image.value = viz.figure_png(viz.explorer_figure(trajectory, step, self.projection))
-        self.summary.value = (f"task {self.task.value}, inner step {step}: support loss "
-                              f"{self.result['support_loss']:.3f}, query accuracy "
-                              f"{self.result['query_accuracy']:.2f}")
+        self.summary.value = (
+            f"task {self.task.value}, inner step {step}: support loss "
+            f"{self.result['support_loss']:.3f}, query accuracy "
+            f"{self.result['query_accuracy']:.2f}"
+        )
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
@@ -82,21 +89,34 @@ class RegressionExplorer:
     :func:`regression.line_fraction`.
     """
 
-    def __init__(self, model: regression.RegressionLEO, support_x: list[float],
-                 support_y: list[float], n_samples: int = 30, seed: int = 0):
+    def __init__(
+        self,
+        model: regression.RegressionLEO,
+        support_x: list[float],
+        support_y: list[float],
+        n_samples: int = 30,
+        seed: int = 0,
+    ):
         if len(support_x) != len(support_y) or not support_x:
-            raise UserError(f"need as many x as y values (at least one), got {len(support_x)} "
-                            f"and {len(support_y)}")
+            raise UserError(
+                f"need as many x as y values (at least one), got {len(support_x)} "
+                f"and {len(support_y)}"
+            )
         self.model, self.n_samples, self.seed = model, n_samples, seed
         slider = dict(step=0.1, continuous_update=False, readout_format=".1f")
-        self.xs = [widgets.FloatSlider(float(x), min=-5, max=5, description=f"x{k}", **slider)
-                   for k, x in enumerate(support_x)]
-        self.ys = [widgets.FloatSlider(float(y), min=-6, max=6, description=f"y{k}", **slider)
-                   for k, y in enumerate(support_y)]
+        self.xs = [
+            widgets.FloatSlider(float(x), min=-5, max=5, description=f"x{k}", **slider)
+            for k, x in enumerate(support_x)
+        ]
+        self.ys = [
+            widgets.FloatSlider(float(y), min=-6, max=6, description=f"y{k}", **slider)
+            for k, y in enumerate(support_y)
+        ]
         self.image = widgets.Image(format="png")
         self.summary = widgets.HTML()
-        self.widget = widgets.VBox([widgets.HBox([widgets.VBox(self.xs), widgets.VBox(self.ys)]),
-                                    self.image, self.summary])
+        self.widget = widgets.VBox(
+            [widgets.HBox([widgets.VBox(self.xs), widgets.VBox(self.ys)]), self.image, self.summary]
+        )
         self.result: dict[str, Any] = {}
         for control in self.xs + self.ys:
             control.observe(lambda _: self._draw(), names="value")
@@ -106,15 +126,22 @@ class RegressionExplorer:
         import matplotlib.pyplot as plt
 
         xs, ys = [s.value for s in self.xs], [s.value for s in self.ys]
-        samples = regression.sample_functions(self.model, xs, ys, n_samples=self.n_samples,
-                                              seed=self.seed)
-        self.result = {"x": xs, "y": ys, "samples": samples,
-                       "line_fraction": regression.line_fraction(samples)}
+        samples = regression.sample_functions(
+            self.model, xs, ys, n_samples=self.n_samples, seed=self.seed
+        )
+        self.result = {
+            "x": xs,
+            "y": ys,
+            "samples": samples,
+            "line_fraction": regression.line_fraction(samples),
+        }
         fig = viz.function_samples_figure(samples, xs, ys)
         self.image.value = viz.figure_png(fig)
         plt.close(fig)
-        self.summary.value = (f"{100 * self.result['line_fraction']:.0f}% of the adapted "
-                              "samples are closer to a line than to a sine")
+        self.summary.value = (
+            f"{100 * self.result['line_fraction']:.0f}% of the adapted "
+            "samples are closer to a line than to a sine"
+        )
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)

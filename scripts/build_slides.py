@@ -61,7 +61,8 @@ def _keep(folder: str, name: str) -> bool:
     if name.startswith("package/unpacked/"):
         return False
     return not name.startswith("package/fonts/") or name.startswith(
-        "package/fonts/HTML-CSS/TeX/woff/")
+        "package/fonts/HTML-CSS/TeX/woff/"
+    )
 
 
 def fetch_assets(out_dir: Path) -> Path:
@@ -70,14 +71,21 @@ def fetch_assets(out_dir: Path) -> Path:
     if all((assets / folder).is_dir() for folder in NPM_PACKAGES.values()):
         return assets
     if shutil.which("npm") is None:
-        sys.exit("error: offline decks need npm to fetch reveal.js once; install Node.js/npm "
-                 "or run with --assets cdn (the deck then needs the web when shown)")
+        sys.exit(
+            "error: offline decks need npm to fetch reveal.js once; install Node.js/npm "
+            "or run with --assets cdn (the deck then needs the web when shown)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        result = subprocess.run(["npm", "pack", "--silent", "--pack-destination", tmp,
-                                 *NPM_PACKAGES], capture_output=True, text=True)
+        result = subprocess.run(
+            ["npm", "pack", "--silent", "--pack-destination", tmp, *NPM_PACKAGES],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
-            sys.exit(f"error: npm pack failed ({result.stderr.strip()[-300:]}); "
-                     "run with --assets cdn to build decks that load reveal.js from the web")
+            sys.exit(
+                f"error: npm pack failed ({result.stderr.strip()[-300:]}); "
+                "run with --assets cdn to build decks that load reveal.js from the web"
+            )
         tarballs = sorted(Path(tmp).glob("*.tgz"))
         for spec, folder in NPM_PACKAGES.items():
             name = spec.rsplit("@", 1)[0]
@@ -111,13 +119,25 @@ def build_deck(path: Path, out_dir: Path, export: SlidesExporter) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("notebooks", nargs="*", type=Path,
-                        help="notebooks to build (default: every notebooks/NN_*.ipynb)")
-    parser.add_argument("--out", type=Path, default=ROOT / "build" / "slides",
-                        help="output folder (default: build/slides)")
-    parser.add_argument("--assets", choices=("local", "cdn"), default="local",
-                        help="local: copy reveal.js & co. next to the decks, viewable offline "
-                             "(needs npm once); cdn: load them from the web at view time")
+    parser.add_argument(
+        "notebooks",
+        nargs="*",
+        type=Path,
+        help="notebooks to build (default: every notebooks/NN_*.ipynb)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "build" / "slides",
+        help="output folder (default: build/slides)",
+    )
+    parser.add_argument(
+        "--assets",
+        choices=("local", "cdn"),
+        default="local",
+        help="local: copy reveal.js & co. next to the decks, viewable offline "
+        "(needs npm once); cdn: load them from the web at view time",
+    )
     args = parser.parse_args(argv)
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     missing = [str(p) for p in paths if not p.is_file()]

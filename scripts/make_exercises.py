@@ -36,16 +36,26 @@ NOTEBOOKS = ROOT / "notebooks"
 def stale_files(sources: list[Path]) -> list[Path]:
     """Exercise notebooks whose source notebook no longer has solution regions."""
     expected = {exercise_path(source).name for source in sources}
-    return [path for path in sorted((NOTEBOOKS / EXERCISES_DIR).glob("*.ipynb"))
-            if path.name not in expected]
+    return [
+        path
+        for path in sorted((NOTEBOOKS / EXERCISES_DIR).glob("*.ipynb"))
+        if path.name not in expected
+    ]
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("notebooks", nargs="*", type=Path,
-                        help="source notebooks (default: every one with solution regions)")
-    parser.add_argument("--check", action="store_true",
-                        help="only report exercise notebooks that are out of date (exit 1)")
+    parser.add_argument(
+        "notebooks",
+        nargs="*",
+        type=Path,
+        help="source notebooks (default: every one with solution regions)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only report exercise notebooks that are out of date (exit 1)",
+    )
     args = parser.parse_args(argv)
     every = source_notebooks(NOTEBOOKS)
     sources = [path.resolve() for path in args.notebooks] or every

@@ -36,20 +36,27 @@ def main(argv: list[str]) -> int:
     config = RegressionConfig()
     untrained = train_regression(config, steps=0, seed=args.seed, progress=False).model
     before = evaluate_regression(untrained)
-    result = train_regression(config, steps=args.steps, batch_size=args.batch_size,
-                              seed=args.seed, progress=True)
+    result = train_regression(
+        config, steps=args.steps, batch_size=args.batch_size, seed=args.seed, progress=True
+    )
     after = evaluate_regression(result.model)
-    print(f"meta-training: {args.steps} steps of {args.batch_size} tasks in "
-          f"{result.seconds:.0f} s")
+    print(f"meta-training: {args.steps} steps of {args.batch_size} tasks in {result.seconds:.0f} s")
     for name, m in (("untrained", before), ("trained", after)):
-        print(f"{name:9s} query MSE {m['query_mse']:.3f} +- {m['query_mse_ci95']:.3f} "
-              f"(median {m['query_mse_median']:.3f}, noise-free {m['query_mse_noise_free']:.3f}); "
-              "support MSE "
-              f"{m['support_mse_before']:.3f} -> {m['support_mse_after']:.3f} over the inner loop "
-              f"({m['tasks']} held-out tasks)")
-    metrics = {**after, "untrained_query_mse": before["query_mse"],
-               "untrained_query_mse_median": before["query_mse_median"], "steps": args.steps,
-               "batch_size": args.batch_size, "seed": args.seed}
+        print(
+            f"{name:9s} query MSE {m['query_mse']:.3f} +- {m['query_mse_ci95']:.3f} "
+            f"(median {m['query_mse_median']:.3f}, noise-free {m['query_mse_noise_free']:.3f}); "
+            "support MSE "
+            f"{m['support_mse_before']:.3f} -> {m['support_mse_after']:.3f} over the inner loop "
+            f"({m['tasks']} held-out tasks)"
+        )
+    metrics = {
+        **after,
+        "untrained_query_mse": before["query_mse"],
+        "untrained_query_mse_median": before["query_mse_median"],
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
     print("wrote", save_regression(result.model, args.out, metrics))
     return 0
 

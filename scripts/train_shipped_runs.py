@@ -37,9 +37,16 @@ def shipped_run_dir(shot: int) -> Path:
 def regenerate(shot: int, bank, spec: dict) -> None:  # noqa: ANN001
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        result = train(preset("default"), TrainConfig(n_way=5, k_shot=shot), bank,
-                       Path(tmp) / "run", data_spec=spec, device="cpu", progress=False,
-                       log=lambda message: print(message, file=sys.stderr))
+        result = train(
+            preset("default"),
+            TrainConfig(n_way=5, k_shot=shot),
+            bank,
+            Path(tmp) / "run",
+            data_spec=spec,
+            device="cpu",
+            progress=False,
+            log=lambda message: print(message, file=sys.stderr),
+        )
         target = shipped_run_dir(shot)
         staging = target.with_name(target.name + ".new")
         shutil.rmtree(staging, ignore_errors=True)
@@ -49,15 +56,22 @@ def regenerate(shot: int, bank, spec: dict) -> None:  # noqa: ANN001
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
     sizes = ", ".join(f"{name} {(target / name).stat().st_size / 1024:.0f} KB" for name in KEPT)
-    print(f"5-way {shot}-shot: best meta-val accuracy {100 * result.best_val_accuracy:.2f}% at "
-          f"step {result.best_step}; {result.test}")
+    print(
+        f"5-way {shot}-shot: best meta-val accuracy {100 * result.best_val_accuracy:.2f}% at "
+        f"step {result.best_step}; {result.test}"
+    )
     print(f"  written to {target} ({sizes}); {time.perf_counter() - start:.0f} s")
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shot", type=int, choices=SHIPPED_SHOTS, action="append",
-                        help="which shipped run (default: all)")
+    parser.add_argument(
+        "--shot",
+        type=int,
+        choices=SHIPPED_SHOTS,
+        action="append",
+        help="which shipped run (default: all)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     spec = glyphs_spec()

@@ -17,4 +17,4 @@ def random_batch(b=3, n=5, k=2, v=4, d=12, dtype=torch.float64, seed=0):
 
 def task(batch, i):
     """Task i of a batch, as a batch of one."""
-    return SimpleNamespace(**{k: t[i:i + 1] for k, t in vars(batch).items()})
+    return SimpleNamespace(**{k: t[i : i + 1] for k, t in vars(batch).items()})

@@ -29,15 +29,24 @@ from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
 # Chromium on a machine without network or a sandbox: no background traffic, no GPU.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 # JupyterLab user settings: every cell stays in the page (no virtual scrolling), no news
 # or update pop-ups, no autosave into the served copies.
 LAB_SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
-        "fetchNews": "false", "checkForUpdates": False},
+        "fetchNews": "false",
+        "checkForUpdates": False,
+    },
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
 }
 
@@ -69,13 +78,15 @@ class LabServer:
             env.pop(name, None)
         for name in ("config", "data", "runtime", "ipython", "settings", "workspaces"):
             (self._home / name).mkdir()
-        env.update(JUPYTER_CONFIG_DIR=str(self._home / "config"),
-                   JUPYTER_RUNTIME_DIR=str(self._home / "runtime"),
-                   IPYTHONDIR=str(self._home / "ipython"),
-                   JUPYTERLAB_SETTINGS_DIR=str(self._home / "settings"),
-                   JUPYTERLAB_WORKSPACES_DIR=str(self._home / "workspaces"),
-                   # the kernel must be this environment's Python
-                   PATH=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""))
+        env.update(
+            JUPYTER_CONFIG_DIR=str(self._home / "config"),
+            JUPYTER_RUNTIME_DIR=str(self._home / "runtime"),
+            IPYTHONDIR=str(self._home / "ipython"),
+            JUPYTERLAB_SETTINGS_DIR=str(self._home / "settings"),
+            JUPYTERLAB_WORKSPACES_DIR=str(self._home / "workspaces"),
+            # the kernel must be this environment's Python
+            PATH=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
+        )
         for name, settings in LAB_SETTINGS.items():
             path = self._home / "settings" / name
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,24 +94,38 @@ class LabServer:
         return env
 
     def start(self) -> LabServer:
-        cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser",
-               "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
-               "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
-               f"--ServerApp.root_dir={self.root_dir}",
-               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-               "--LabApp.extension_manager=readonly"]  # no PyPI look-ups
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.root_dir}",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.extension_manager=readonly",
+        ]  # no PyPI look-ups
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.append("--allow-root")  # CI containers run as root
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in close())
-        self._process = subprocess.Popen(cmd, env=self._environment(), stdout=self._log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self._process = subprocess.Popen(
+            cmd,
+            env=self._environment(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"JupyterLab exited at start:\n{self.log()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/api/status?token={self.token}",
-                                            timeout=5) as response:
+                with urllib.request.urlopen(
+                    f"{self.url}/api/status?token={self.token}", timeout=5
+                ) as response:
                     if response.status == 200:
                         return self
             except OSError:
@@ -114,7 +139,8 @@ class LabServer:
             kernels = json.load(response)
         for kernel in kernels:
             request = urllib.request.Request(
-                f"{self.url}/api/kernels/{kernel['id']}?token={self.token}", method="DELETE")
+                f"{self.url}/api/kernels/{kernel['id']}?token={self.token}", method="DELETE"
+            )
             urllib.request.urlopen(request).close()
 
     def log(self) -> str:
@@ -200,8 +226,9 @@ class Lab:
         from playwright.sync_api import sync_playwright
 
         self._playwright = sync_playwright().start()
-        self.browser = self._playwright.chromium.launch(executable_path=CHROMIUM,
-                                                        args=CHROMIUM_ARGS)
+        self.browser = self._playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS
+        )
         return self
 
     def __exit__(self, *exc) -> None:
@@ -261,8 +288,7 @@ class Lab:
 
     def sliders(self, page):
         """The slider handles of every ipywidgets slider on show, as Playwright locators."""
-        handles = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) "
-                               ".widget-slider .noUi-handle")
+        handles = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .widget-slider .noUi-handle")
         return [handles.nth(i) for i in range(handles.count())]
 
     def nudge(self, page, handle, key: str = "ArrowRight", settle_s: float = 30.0) -> bool:

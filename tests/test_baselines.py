@@ -35,11 +35,14 @@ def test_linear_support_gradient_is_the_autograd_gradient_of_the_summed_cross_en
     batch = random_batch(b=2, n=4, k=3, d=7)
     W = torch.randn(2, 4, 7, dtype=F64, requires_grad=True)
     loss = torch.nn.functional.cross_entropy(
-        linear_logits(batch.support_x, W).reshape(-1, 4), batch.support_y.reshape(-1),
-        reduction="sum")
+        linear_logits(batch.support_x, W).reshape(-1, 4),
+        batch.support_y.reshape(-1),
+        reduction="sum",
+    )
     (expected,) = torch.autograd.grad(loss, W)
-    torch.testing.assert_close(linear_support_gradient(batch.support_x, batch.support_y, W),
-                               expected)
+    torch.testing.assert_close(
+        linear_support_gradient(batch.support_x, batch.support_y, W), expected
+    )
 
 
 def _meta_loss(model, batch):
@@ -83,8 +86,9 @@ def test_maml_learning_rate_is_fixed_and_meta_sgd_has_one_per_weight():
     assert [n for n, _ in MAML(embedding_dim=8, n_way=5).named_parameters()] == ["w_init"]
     meta_sgd = MetaSGD(BaselineConfig(inner_lr_init=0.5), embedding_dim=8, n_way=5)
     assert meta_sgd.inner_lr.shape == (5, 8) and torch.all(meta_sgd.inner_lr == 0.5)
-    assert meta_sgd.adapt(torch.zeros(2, 5, 1, 8), torch.zeros(2, 5, 1, dtype=torch.long))[0] \
-        .shape == (2, 5, 8)
+    assert meta_sgd.adapt(torch.zeros(2, 5, 1, 8), torch.zeros(2, 5, 1, dtype=torch.long))[
+        0
+    ].shape == (2, 5, 8)
 
 
 def test_logistic_regression_probe_in_the_support_span_equals_the_full_fit():
@@ -92,12 +96,14 @@ def test_logistic_regression_probe_in_the_support_span_equals_the_full_fit():
     from sklearn.linear_model import LogisticRegression
 
     batch = random_batch(b=2, n=3, k=2, v=4, d=30)
-    probe = LogisticRegressionProbe(BaselineConfig(probe_c=10.0), embedding_dim=30, n_way=3,
-                                    dtype=F64)
+    probe = LogisticRegressionProbe(
+        BaselineConfig(probe_c=10.0), embedding_dim=30, n_way=3, dtype=F64
+    )
     logits = probe(batch).query_logits
     for t in range(2):
         full = LogisticRegression(C=10.0, max_iter=10000, tol=1e-12).fit(
-            batch.support_x[t].reshape(-1, 30).numpy(), batch.support_y[t].reshape(-1).numpy())
+            batch.support_x[t].reshape(-1, 30).numpy(), batch.support_y[t].reshape(-1).numpy()
+        )
         expected = full.decision_function(batch.query_x[t].reshape(-1, 30).numpy())
         # the same optimum up to lbfgs's stopping tolerance (scikit-learn's default, 1e-4)
         np.testing.assert_allclose(logits[t].reshape(-1, 3).numpy(), expected, atol=2e-2)
@@ -115,19 +121,37 @@ def test_baselines_reject_tasks_of_the_wrong_shape():
 def small_bank():
     """Signal in an 8-d subspace of 64-d, noise everywhere: a projection or a per-task
     classifier must find the subspace."""
-    return make_synthetic_bank(SyntheticConfig(
-        n_train_classes=20, n_val_classes=8, n_test_classes=8, images_per_class=30, dim=64,
-        subspace_dim=8, class_scale=1.0))
+    return make_synthetic_bank(
+        SyntheticConfig(
+            n_train_classes=20,
+            n_val_classes=8,
+            n_test_classes=8,
+            images_per_class=30,
+            dim=64,
+            subspace_dim=8,
+            class_scale=1.0,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
 def fitted(small_bank):
-    tc = TrainConfig(k_shot=5, n_query=10, batch_size=8, steps=150, val_every=50, val_tasks=40,
-                     test_tasks=60, eval_n_query=10, seed=0)
+    tc = TrainConfig(
+        k_shot=5,
+        n_query=10,
+        batch_size=8,
+        steps=150,
+        val_every=50,
+        val_tasks=40,
+        test_tasks=60,
+        eval_n_query=10,
+        seed=0,
+    )
     results = {}
     for name in ("nearest-centroid", "logreg", "protonet", "maml", "meta-sgd"):
-        model, info = fit(name, small_bank, tc, LEOConfig(), BaselineConfig(outer_lr=3e-3),
-                          torch.device("cpu"))
+        model, info = fit(
+            name, small_bank, tc, LEOConfig(), BaselineConfig(outer_lr=3e-3), torch.device("cpu")
+        )
         results[name] = (model, info)
     return results
 
@@ -147,6 +171,7 @@ def test_meta_sgd_learns_its_learning_rates(fitted):
     model, info = fitted["meta-sgd"]
     assert info["best_step"] > 0
     assert info["inner_lr_init"] in (0.01, 0.1, 1.0, 10.0)  # chosen on S^val first
-    assert not torch.allclose(model.inner_lr, torch.full_like(model.inner_lr,
-                                                              info["inner_lr_init"]))
+    assert not torch.allclose(
+        model.inner_lr, torch.full_like(model.inner_lr, info["inner_lr_init"])
+    )
     assert fitted["logreg"][1]["probe_c"] in (0.1, 1.0, 10.0, 100.0)

@@ -19,8 +19,19 @@ def task_loss(x, y, theta):  # notebook 01: mean cross-entropy per task [B]
     return cross_entropy(torch.einsum("bnkd,bld->bnkl", x, theta), y).flatten(1).mean(1)
 
 
-def maml_step(theta, batch, alpha, create_graph=True, *, sign=1.0, loss="mean", wrt="copy",
-              graph=None, detach=False, use_alpha=True):
+def maml_step(
+    theta,
+    batch,
+    alpha,
+    create_graph=True,
+    *,
+    sign=1.0,
+    loss="mean",
+    wrt="copy",
+    graph=None,
+    detach=False,
+    use_alpha=True,
+):
     theta_b = theta.expand(batch.batch_size, *theta.shape)
     if loss == "mean":
         support_loss = task_loss(batch.support_x, batch.support_y, theta_b).sum()
@@ -28,8 +39,9 @@ def maml_step(theta, batch, alpha, create_graph=True, *, sign=1.0, loss="mean", 
         logits = torch.einsum("bnkd,bld->bnkl", batch.support_x, theta_b)
         support_loss = cross_entropy(logits, batch.support_y).sum()
     graph = create_graph if graph is None else graph
-    (grad,) = torch.autograd.grad(support_loss, theta_b if wrt == "copy" else theta,
-                                  create_graph=graph)
+    (grad,) = torch.autograd.grad(
+        support_loss, theta_b if wrt == "copy" else theta, create_graph=graph
+    )
     out = theta_b - sign * (alpha if use_alpha else 1.0) * grad
     return out.detach() if detach else out
 
@@ -51,8 +63,7 @@ def sample_z(codes, eps):
     return mu + official_std(u, 0.0) * eps
 
 
-def eq3_codes(h, g_r, *, keep=lambda n, kn, m, km: True, swap=False, norm=None,
-              per_example=False):
+def eq3_codes(h, g_r, *, keep=lambda n, kn, m, km: True, swap=False, norm=None, per_example=False):
     n_way, k_shot, z = h.shape
     codes = torch.zeros(n_way, k_shot, 2 * z, dtype=h.dtype)
     count = torch.zeros(n_way, k_shot, 1, dtype=h.dtype)
@@ -104,10 +115,17 @@ def encoder_penalty(z, z_prime):
     return ((z - z_prime.detach()) ** 2).flatten(1).mean(dim=1)
 
 
-SOLUTIONS = {"maml_inner_step": maml_step, "official_std": official_std, "sample_z": sample_z,
-             "eq3_codes": eq3_codes, "decode_weights": decode_weights,
-             "predict_mine": predict_mine, "latent_step": latent_step,
-             "kl_one_sample": kl_one_sample, "encoder_penalty": encoder_penalty}
+SOLUTIONS = {
+    "maml_inner_step": maml_step,
+    "official_std": official_std,
+    "sample_z": sample_z,
+    "eq3_codes": eq3_codes,
+    "decode_weights": decode_weights,
+    "predict_mine": predict_mine,
+    "latent_step": latent_step,
+    "kl_one_sample": kl_one_sample,
+    "encoder_penalty": encoder_penalty,
+}
 
 
 def test_every_exercise_has_a_solution_here():
@@ -127,44 +145,54 @@ def _mean_only(codes, eps):
 WRONG = [
     # notebook 01
     ("maml_inner_step", maml(sign=-1.0), "step *down*"),
-    ("maml_inner_step", maml(loss="sum"),
-     "*mean* cross-entropy"),
-    ("maml_inner_step", maml(wrt="shared"),
-     "expanded theta_b"),
-    ("maml_inner_step", maml(graph=False),
-     "create_graph=create_graph"),
+    ("maml_inner_step", maml(loss="sum"), "*mean* cross-entropy"),
+    ("maml_inner_step", maml(wrt="shared"), "expanded theta_b"),
+    ("maml_inner_step", maml(graph=False), "create_graph=create_graph"),
     ("maml_inner_step", maml(graph=True), "first order"),
-    ("maml_inner_step", maml(detach=True),
-     "stay connected to theta"),
-    ("maml_inner_step", maml(use_alpha=False),
-     "inner learning rate alpha"),
+    ("maml_inner_step", maml(detach=True), "stay connected to theta"),
+    ("maml_inner_step", maml(use_alpha=False), "inner learning rate alpha"),
     # notebook 02: the std
     ("official_std", lambda u, o: torch.log1p(torch.exp(u)), "softplus"),
     ("official_std", lambda u, o: torch.exp(u) - 1 + o, "keep the 1e-10 floor"),
     ("official_std", lambda u, o: (torch.exp(u) - 1 + o).clamp(min=0), "not 0"),
     ("official_std", lambda u, o: torch.clamp(torch.exp(u) - 1, min=1e-10), "ignored the offset"),
-    ("official_std", lambda u, o: torch.clamp(torch.exp(u) - 1 - o, min=1e-10),
-     "added, not subtracted"),
+    (
+        "official_std",
+        lambda u, o: torch.clamp(torch.exp(u) - 1 - o, min=1e-10),
+        "added, not subtracted",
+    ),
     ("official_std", lambda u, o: u, "unnormalised std"),
     ("official_std", lambda u, o: torch.exp(0.5 * u), "log-variance"),
     ("official_std", lambda u, o: torch.exp(u).clamp(min=1e-10), "subtract 1 - offset"),
     ("official_std", lambda u, o: u**2, "away from the reference"),
     # notebook 02: sampling
-    ("sample_z", lambda c, e: c.chunk(2, -1)[0] + official_std(c.chunk(2, -1)[1], 0) ** 2 * e,
-     "not by the variance"),
+    (
+        "sample_z",
+        lambda c, e: c.chunk(2, -1)[0] + official_std(c.chunk(2, -1)[1], 0) ** 2 * e,
+        "not by the variance",
+    ),
     ("sample_z", lambda c, e: c.chunk(2, -1)[0] + c.chunk(2, -1)[1] * e, "unnormalised std"),
     ("sample_z", lambda c, e: c.chunk(2, -1)[0] + F.softplus(c.chunk(2, -1)[1]) * e, "softplus"),
-    ("sample_z", lambda c, e: c.chunk(2, -1)[1] + official_std(c.chunk(2, -1)[0], 0) * e,
-     "first half of the code is the mean"),
+    (
+        "sample_z",
+        lambda c, e: c.chunk(2, -1)[1] + official_std(c.chunk(2, -1)[0], 0) * e,
+        "first half of the code is the mean",
+    ),
     ("sample_z", lambda c, e: c[..., ::2] + official_std(c[..., 1::2], 0) * e, "two halves"),
     ("sample_z", lambda c, e: sample_z(c, torch.randn_like(e)), "use the noise eps"),
     ("sample_z", lambda c, e: sample_z(c, e).detach(), "differentiable function"),
     ("sample_z", _mean_only, "you returned the mean"),
-    ("sample_z", lambda c, e: c.chunk(2, -1)[0] + official_std(c.chunk(2, -1)[1].detach(), 0) * e,
-     "reach both mu and u"),
+    (
+        "sample_z",
+        lambda c, e: c.chunk(2, -1)[0] + official_std(c.chunk(2, -1)[1].detach(), 0) * e,
+        "reach both mu and u",
+    ),
     # notebook 02: eq. 3
-    ("eq3_codes", lambda h, g: eq3_codes(h, g, keep=lambda n, kn, m, km: (n, kn) != (m, km)),
-     "self-pairs"),
+    (
+        "eq3_codes",
+        lambda h, g: eq3_codes(h, g, keep=lambda n, kn, m, km: (n, kn) != (m, km)),
+        "self-pairs",
+    ),
     ("eq3_codes", lambda h, g: eq3_codes(h, g, keep=lambda n, kn, m, km: n == m), "*every* class"),
     ("eq3_codes", lambda h, g: eq3_codes(h, g, swap=True), "the pair is [h_i; h_j]"),
     ("eq3_codes", lambda h, g: eq3_codes(h, g, norm=lambda n, k: n * k), "not by N K"),
@@ -174,27 +202,39 @@ WRONG = [
     ("eq3_codes", lambda h, g: eq3_codes(h.mean(dim=1, keepdim=True), g), "pairs of *examples*"),
     # notebook 03: the decoder
     ("decode_weights", lambda z, w, o: decode_weights(z, w.T, o), "layout [2D, Z]"),
-    ("decode_weights",
-     lambda z, w, o: ((z @ w.T).chunk(2, -1)[1], official_std((z @ w.T).chunk(2, -1)[0], o)),
-     "first D outputs"),
+    (
+        "decode_weights",
+        lambda z, w, o: ((z @ w.T).chunk(2, -1)[1], official_std((z @ w.T).chunk(2, -1)[0], o)),
+        "first D outputs",
+    ),
     ("decode_weights", lambda z, w, o: decode_weights(z, w, o)[::-1], "in that order"),
-    ("decode_weights",
-     lambda z, w, o: ((z @ w.T)[..., ::2], official_std((z @ w.T)[..., 1::2], o)), "two halves"),
+    (
+        "decode_weights",
+        lambda z, w, o: ((z @ w.T)[..., ::2], official_std((z @ w.T)[..., 1::2], o)),
+        "two halves",
+    ),
     ("decode_weights", lambda z, w, o: decode_weights(z, w, 0.0), "ignored the offset"),
-    ("decode_weights",
-     lambda z, w, o: ((z @ w.T).chunk(2, -1)[0], F.softplus((z @ w.T).chunk(2, -1)[1])),
-     "softplus"),
+    (
+        "decode_weights",
+        lambda z, w, o: ((z @ w.T).chunk(2, -1)[0], F.softplus((z @ w.T).chunk(2, -1)[1])),
+        "softplus",
+    ),
     ("decode_weights", lambda z, w, o: z @ w.T, "return the pair (mean, std)"),
-    ("decode_weights",  # the notebook's D = 640 is larger than the check's sizes
-     lambda z, w, o: ((z @ w.T)[..., :640], official_std((z @ w.T)[..., 640:], o)),
-     "not with the notebook's global D"),
+    (
+        "decode_weights",  # the notebook's D = 640 is larger than the check's sizes
+        lambda z, w, o: ((z @ w.T)[..., :640], official_std((z @ w.T)[..., 640:], o)),
+        "not with the notebook's global D",
+    ),
     # notebook 03: the logits
     ("predict_mine", lambda x, W: predict_mine(x, W[:, :, :1]), "not just the first"),
     ("predict_mine", lambda x, W: x @ W.sum(dim=2).transpose(1, 2).unsqueeze(1), "not their sum"),
     ("predict_mine", lambda x, W: predict_mine(x, W).softmax(-1), "not probabilities"),
     ("predict_mine", lambda x, W: F.log_softmax(predict_mine(x, W), -1), "raw logits"),
-    ("predict_mine", lambda x, W: predict_mine(x, F.normalize(W.mean(2, keepdim=True), dim=-1)),
-     "no normalisation"),
+    (
+        "predict_mine",
+        lambda x, W: predict_mine(x, F.normalize(W.mean(2, keepdim=True), dim=-1)),
+        "no normalisation",
+    ),
     ("predict_mine", lambda x, W: torch.einsum("bnvd,bnkd->bnv", x, W) / W.shape[2], "shape"),
     # notebook 04: the latent step
     ("latent_step", lambda m, z, x, y: latent_step(m, z, x, y, sign=-1.0), "step *down*"),
@@ -204,44 +244,71 @@ WRONG = [
     ("latent_step", lambda m, z, x, y: latent_step(m, z, x, y, out="grad"), "not the gradient"),
     ("latent_step", lambda m, z, x, y: latent_step(m, z, x, y, out="step"), "not only the step"),
     # notebook 05: the KL
-    ("kl_one_sample",
-     lambda s, m, sd: (log_normal(s, m, sd) - log_prior(s)).flatten(1).sum(1),
-     "not the sum"),
-    ("kl_one_sample",
-     lambda s, m, sd: (log_normal(s, m, sd) - log_prior(s)).mean(-1).flatten(1).sum(1),
-     "averaged over the latent dimension only"),
-    ("kl_one_sample",
-     lambda s, m, sd: (0.5 * (m**2 + sd**2 - 1) - torch.log(sd)).flatten(1).mean(1),
-     "closed-form KL"),
+    (
+        "kl_one_sample",
+        lambda s, m, sd: (log_normal(s, m, sd) - log_prior(s)).flatten(1).sum(1),
+        "not the sum",
+    ),
+    (
+        "kl_one_sample",
+        lambda s, m, sd: (log_normal(s, m, sd) - log_prior(s)).mean(-1).flatten(1).sum(1),
+        "averaged over the latent dimension only",
+    ),
+    (
+        "kl_one_sample",
+        lambda s, m, sd: (0.5 * (m**2 + sd**2 - 1) - torch.log(sd)).flatten(1).mean(1),
+        "closed-form KL",
+    ),
     ("kl_one_sample", lambda s, m, sd: -kl_one_sample(s, m, sd), "log p - log q"),
-    ("kl_one_sample",
-     lambda s, m, sd: (log_normal(s, m, sd) - log_normal(s, m, torch.ones_like(s)))
-     .flatten(1).mean(1),
-     "N(0, I)"),
-    ("kl_one_sample",
-     lambda s, m, sd: (-0.5 * ((s - m) / sd) ** 2 + 0.5 * s**2).flatten(1).mean(1), "-log sigma"),
-    ("kl_one_sample",
-     lambda s, m, sd: (log_normal(s, m, sd) + 0.5 * s**2).flatten(1).mean(1), "constant"),
+    (
+        "kl_one_sample",
+        lambda s, m, sd: (
+            (log_normal(s, m, sd) - log_normal(s, m, torch.ones_like(s))).flatten(1).mean(1)
+        ),
+        "N(0, I)",
+    ),
+    (
+        "kl_one_sample",
+        lambda s, m, sd: (-0.5 * ((s - m) / sd) ** 2 + 0.5 * s**2).flatten(1).mean(1),
+        "-log sigma",
+    ),
+    (
+        "kl_one_sample",
+        lambda s, m, sd: (log_normal(s, m, sd) + 0.5 * s**2).flatten(1).mean(1),
+        "constant",
+    ),
     ("kl_one_sample", lambda s, m, sd: kl_one_sample(s, m, sd).mean(), "task axis"),
-    ("kl_one_sample",
-     lambda s, m, sd: (log_normal(s, m, sd) - log_prior(s)).mean(-1),
-     "every axis but the task axis"),
+    (
+        "kl_one_sample",
+        lambda s, m, sd: (log_normal(s, m, sd) - log_prior(s)).mean(-1),
+        "every axis but the task axis",
+    ),
     # notebook 05: the encoder penalty
     ("encoder_penalty", lambda z, zp: ((z - zp) ** 2).flatten(1).mean(1), "z_prime.detach()"),
-    ("encoder_penalty", lambda z, zp: ((z.detach() - zp.detach()) ** 2).flatten(1).mean(1),
-     "must reach z"),
-    ("encoder_penalty", lambda z, zp: ((z.detach() - zp) ** 2).flatten(1).mean(1),
-     "z_prime.detach()"),
+    (
+        "encoder_penalty",
+        lambda z, zp: ((z.detach() - zp.detach()) ** 2).flatten(1).mean(1),
+        "must reach z",
+    ),
+    (
+        "encoder_penalty",
+        lambda z, zp: ((z.detach() - zp) ** 2).flatten(1).mean(1),
+        "z_prime.detach()",
+    ),
     ("encoder_penalty", lambda z, zp: ((z - zp.detach()) ** 2).flatten(1).sum(1), "not the sum"),
     ("encoder_penalty", lambda z, zp: (z - zp.detach()).flatten(1).norm(dim=1), "not the norm"),
-    ("encoder_penalty", lambda z, zp: (z - zp.detach()).abs().flatten(1).mean(1),
-     "absolute values"),
+    (
+        "encoder_penalty",
+        lambda z, zp: (z - zp.detach()).abs().flatten(1).mean(1),
+        "absolute values",
+    ),
     ("encoder_penalty", lambda z, zp: encoder_penalty(z, zp).mean(), "task axis"),
 ]
 
 
-@pytest.mark.parametrize(("name", "wrong", "hint"), WRONG,
-                         ids=[f"{name}-{i}" for i, (name, _, _) in enumerate(WRONG)])
+@pytest.mark.parametrize(
+    ("name", "wrong", "hint"), WRONG, ids=[f"{name}-{i}" for i, (name, _, _) in enumerate(WRONG)]
+)
 def test_wrong_answer_gets_its_hint(name, wrong, hint):
     problem = checks.diagnose(name, wrong)
     assert problem is not None and hint in problem, problem
@@ -255,15 +322,18 @@ def test_check_prints_the_verdict_and_returns_the_function_to_continue_with(caps
     assert checks.check_official_std(official_std) is official_std
     assert capsys.readouterr().out.startswith("✓ official_std passed")
     assert checks.check_official_std(_stub) is checks.official_std_reference
-    assert "not implemented yet — the notebook uses the library's reference" in \
-        capsys.readouterr().out
+    assert (
+        "not implemented yet — the notebook uses the library's reference" in capsys.readouterr().out
+    )
     assert checks.check_official_std(lambda u, offset: u + "1") is checks.official_std_reference
     out = capsys.readouterr().out
     assert out.startswith("✗ official_std: your function raised TypeError")
     assert "take them from the arguments, not from globals" in out
     assert "use the library's reference until it passes" in out
-    assert checks.check_latent_step(lambda m, z, x, y: latent_step(m, z, x, y, sign=-1.0)) \
+    assert (
+        checks.check_latent_step(lambda m, z, x, y: latent_step(m, z, x, y, sign=-1.0))
         is checks.latent_step_reference
+    )
     assert "step *down* the gradient" in capsys.readouterr().out
 
 
@@ -313,8 +383,9 @@ def test_eq3_and_decoder_references_match_the_model():
     torch.testing.assert_close(checks.eq3_codes_reference(h[0], model.g_r), codes[0, :, 0])
     z = torch.randn(1, 3, 2, 3, dtype=torch.float64)
     mean, std, _ = model.gaussian_params(model.decoder(z), model.decoder_stddev_offset)
-    ref_mean, ref_std = checks.decode_weights_reference(z, model.g_d.weight,
-                                                        model.decoder_stddev_offset)
+    ref_mean, ref_std = checks.decode_weights_reference(
+        z, model.g_d.weight, model.decoder_stddev_offset
+    )
     torch.testing.assert_close(ref_mean, mean)
     torch.testing.assert_close(ref_std, std)
     torch.testing.assert_close(checks.official_std_reference(z, 0.2), floored_std(z, 0.2)[0])
@@ -335,7 +406,9 @@ def test_maml_reference_is_autograd_to_second_order():
 def test_kl_and_penalty_references_are_the_losses():
     s, mean = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
     std = torch.rand(2, 3, 4) + 0.1
-    torch.testing.assert_close(checks.kl_one_sample_reference(s, mean, std),
-                               losses.kl_estimate(s, mean, std))
-    torch.testing.assert_close(checks.encoder_penalty_reference(s, mean),
-                               losses.encoder_penalty(s, mean))
+    torch.testing.assert_close(
+        checks.kl_one_sample_reference(s, mean, std), losses.kl_estimate(s, mean, std)
+    )
+    torch.testing.assert_close(
+        checks.encoder_penalty_reference(s, mean), losses.encoder_penalty(s, mean)
+    )

@@ -12,8 +12,19 @@ import torch
 from leo_tutorial.cli import main
 from leo_tutorial.data import leo_pickle_path, make_leo_key, write_leo_pickle
 
-FAST = ["--steps", "150", "--val-every", "50", "--val-tasks", "100", "--test-tasks", "200",
-        "--eval-queries", "15", "--no-progress"]
+FAST = [
+    "--steps",
+    "150",
+    "--val-every",
+    "50",
+    "--val-tasks",
+    "100",
+    "--test-tasks",
+    "200",
+    "--eval-queries",
+    "15",
+    "--no-progress",
+]
 
 
 def cli(capsys, *argv):
@@ -26,8 +37,9 @@ def cli(capsys, *argv):
 def trained(tmp_path_factory):
     """One real CLI training run on the default synthetic embeddings (640-d, 64/16/20)."""
     out = tmp_path_factory.mktemp("runs") / "synthetic"
-    code = main(["train", "--data", "synthetic", "--way", "5", "--shot", "1", *FAST,
-                 "--out", str(out)])
+    code = main(
+        ["train", "--data", "synthetic", "--way", "5", "--shot", "1", *FAST, "--out", str(out)]
+    )
     assert code == 0
     return out
 
@@ -42,8 +54,9 @@ def test_train_learns_and_reports_a_test_accuracy(trained):
 
 
 def test_evaluate_json_reproduces_the_final_test(trained, capsys):
-    code, out, err = cli(capsys, "evaluate", trained, "--split", "test", "--tasks", 200,
-                         "--queries", 15, "--json")
+    code, out, err = cli(
+        capsys, "evaluate", trained, "--split", "test", "--tasks", 200, "--queries", 15, "--json"
+    )
     assert code == 0
     result = json.loads(out)  # exactly one JSON object on stdout
     assert {"accuracy", "ci95", "tasks", "way", "shot", "split"} <= set(result)
@@ -64,14 +77,27 @@ def test_info_shows_configuration_and_best_validation(trained, capsys):
 
 
 def test_console_script_is_installed_and_runs(tmp_path):
-    exe = subprocess.run([sys.executable, "-m", "leo_tutorial.cli", "--help"],
-                         capture_output=True, text=True)
+    exe = subprocess.run(
+        [sys.executable, "-m", "leo_tutorial.cli", "--help"], capture_output=True, text=True
+    )
     assert exe.returncode == 0 and "train" in exe.stdout and "evaluate" in exe.stdout
 
 
 def test_resume_through_the_cli_equals_one_long_run(tmp_path, capsys):
-    args = ["train", "--data", "synthetic", "--val-every", "10", "--val-tasks", "20",
-            "--test-tasks", "20", "--eval-queries", "5", "--no-progress"]
+    args = [
+        "train",
+        "--data",
+        "synthetic",
+        "--val-every",
+        "10",
+        "--val-tasks",
+        "20",
+        "--test-tasks",
+        "20",
+        "--eval-queries",
+        "5",
+        "--no-progress",
+    ]
     assert cli(capsys, *args, "--steps", 20, "--out", tmp_path / "long")[0] == 0
     assert cli(capsys, *args, "--steps", 10, "--out", tmp_path / "cut")[0] == 0
     assert cli(capsys, *args, "--steps", 20, "--out", tmp_path / "cut", "--resume")[0] == 0
@@ -80,23 +106,45 @@ def test_resume_through_the_cli_equals_one_long_run(tmp_path, capsys):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _official_pickles(root, classes=(8, 6, 6), per_class=30, dim=640, bytes_keys=False,
-                      dataset="miniImageNet"):
+def _official_pickles(
+    root, classes=(8, 6, 6), per_class=30, dim=640, bytes_keys=False, dataset="miniImageNet"
+):
     rng = np.random.default_rng(0)
     for split, n in zip(("train", "val", "test"), classes, strict=True):
         names = [f"n{split[:2]}{c:05d}" for c in range(n)]
         keys = [make_leo_key(name, i) for name in names for i in range(per_class)]
         path = leo_pickle_path(root, dataset, "center", split)
-        write_leo_pickle(path, rng.standard_normal((len(keys), dim)).astype(np.float32), keys,
-                         bytes_keys=bytes_keys)
+        write_leo_pickle(
+            path,
+            rng.standard_normal((len(keys), dim)).astype(np.float32),
+            keys,
+            bytes_keys=bytes_keys,
+        )
     return root
 
 
 def test_train_on_official_pickles(tmp_path, capsys):
     root = _official_pickles(tmp_path / "embeddings")
-    code, out, err = cli(capsys, "train", "--data", "leo-pickles", "--data-dir", root,
-                         "--steps", 3, "--val-every", 2, "--val-tasks", 4, "--test-tasks", 4,
-                         "--train-on-val", "--no-progress", "--out", tmp_path / "run")
+    code, out, err = cli(
+        capsys,
+        "train",
+        "--data",
+        "leo-pickles",
+        "--data-dir",
+        root,
+        "--steps",
+        3,
+        "--val-every",
+        2,
+        "--val-tasks",
+        4,
+        "--test-tasks",
+        4,
+        "--train-on-val",
+        "--no-progress",
+        "--out",
+        tmp_path / "run",
+    )
     assert code == 0, err
     assert "test accuracy" in out and "29 queries per class" in out  # every remaining image
     record = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -105,20 +153,49 @@ def test_train_on_official_pickles(tmp_path, capsys):
 
 def test_train_on_exported_embeddings_uses_the_official_reader(tmp_path, capsys):
     root = _official_pickles(tmp_path / "exported", dim=64, dataset="glyphs")
-    code, out, err = cli(capsys, "train", "--data", "leo-pickles", "--data-dir", root,
-                         "--dataset", "glyphs", "--steps", 2, "--val-every", 2, "--val-tasks", 4,
-                         "--test-tasks", 4, "--no-progress", "--out", tmp_path / "run")
+    code, out, err = cli(
+        capsys,
+        "train",
+        "--data",
+        "leo-pickles",
+        "--data-dir",
+        root,
+        "--dataset",
+        "glyphs",
+        "--steps",
+        2,
+        "--val-every",
+        2,
+        "--val-tasks",
+        4,
+        "--test-tasks",
+        4,
+        "--no-progress",
+        "--out",
+        tmp_path / "run",
+    )
     assert code == 0, err
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["embedding_dim"] == 64 and record["leo_config"]["outer_lr"] == 1e-4  # default
-    code, _, err = cli(capsys, "train", "--data", "leo-pickles", "--data-dir", root,
-                       "--dataset", "../glyphs", "--out", tmp_path / "bad")
+    code, _, err = cli(
+        capsys,
+        "train",
+        "--data",
+        "leo-pickles",
+        "--data-dir",
+        root,
+        "--dataset",
+        "../glyphs",
+        "--out",
+        tmp_path / "bad",
+    )
     assert code == 2 and "not a folder name" in err
 
 
 class Boom:
     def __reduce__(self):
         import os
+
         return (os.system, ("touch pwned",))
 
 
@@ -158,8 +235,17 @@ def test_every_user_error_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys
     for extra, expected in _user_error_cases(tmp_path):
         out_dir = tmp_path / "never"
         try:
-            code = main(["train", *[str(a) for a in extra], "--no-progress", "--steps", "2",
-                         "--out", str(out_dir)])
+            code = main(
+                [
+                    "train",
+                    *[str(a) for a in extra],
+                    "--no-progress",
+                    "--steps",
+                    "2",
+                    "--out",
+                    str(out_dir),
+                ]
+            )
         except SystemExit as e:  # argparse errors
             code = e.code
         _, err = capsys.readouterr()
@@ -174,8 +260,20 @@ def test_every_user_error_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys
 def test_run_directory_errors(tmp_path, capsys):
     code, _, err = cli(capsys, "evaluate", tmp_path / "missing")
     assert code == 2 and "run directory" in err and len(err.strip().splitlines()) == 1
-    args = ["train", "--steps", "2", "--val-every", "2", "--val-tasks", "4", "--test-tasks", "4",
-            "--no-progress", "--out", tmp_path / "run"]
+    args = [
+        "train",
+        "--steps",
+        "2",
+        "--val-every",
+        "2",
+        "--val-tasks",
+        "4",
+        "--test-tasks",
+        "4",
+        "--no-progress",
+        "--out",
+        tmp_path / "run",
+    ]
     assert cli(capsys, *args)[0] == 0
     code, _, err = cli(capsys, *args)  # same --out again, without --resume
     assert code == 2 and "--resume" in err

@@ -16,20 +16,36 @@ from leo_tutorial.errors import UserError
 from leo_tutorial.model import LEO
 from leo_tutorial.training import train
 
-TINY = TrainConfig(k_shot=1, n_query=5, batch_size=4, steps=10, val_every=5, val_tasks=10,
-                   test_tasks=12, eval_n_query=5, eval_batch_size=4, seed=3)
+TINY = TrainConfig(
+    k_shot=1,
+    n_query=5,
+    batch_size=4,
+    steps=10,
+    val_every=5,
+    val_tasks=10,
+    test_tasks=12,
+    eval_n_query=5,
+    eval_batch_size=4,
+    seed=3,
+)
 
 
 @pytest.fixture(scope="module")
 def bank():
-    return make_synthetic_bank(SyntheticConfig(
-        n_train_classes=12, n_val_classes=6, n_test_classes=6, images_per_class=12, dim=32,
-        subspace_dim=4))
+    return make_synthetic_bank(
+        SyntheticConfig(
+            n_train_classes=12,
+            n_val_classes=6,
+            n_test_classes=6,
+            images_per_class=12,
+            dim=32,
+            subspace_dim=4,
+        )
+    )
 
 
 def test_parse_methods_accepts_any_case_and_order_and_names_the_valid_ones():
-    assert compare.parse_methods("leo,MAML,nearest-centroid") == ["nearest-centroid", "maml",
-                                                                  "LEO"]
+    assert compare.parse_methods("leo,MAML,nearest-centroid") == ["nearest-centroid", "maml", "LEO"]
     assert compare.parse_methods(None) == list(compare.METHODS)
     with pytest.raises(UserError, match=r"unknown method\(s\) foo; choose from: nearest-centroid"):
         compare.parse_methods("foo,LEO")
@@ -39,8 +55,10 @@ def test_parse_methods_accepts_any_case_and_order_and_names_the_valid_ones():
 
 def test_ablations_are_the_core_library_switches():
     base = preset("synthetic")
-    built = {name: compare.build_method(name, base, BaselineConfig(), 8, 5, torch.float32)
-             for name in compare.LEO_ABLATIONS}
+    built = {
+        name: compare.build_method(name, base, BaselineConfig(), 8, 5, torch.float32)
+        for name in compare.LEO_ABLATIONS
+    }
     assert built["LEO"].config == base
     assert built["generator-only"].config.inner_unroll_length == 0
     assert built["generator-only"].config.finetuning_unroll_length == 0
@@ -60,15 +78,22 @@ def test_every_method_is_tested_on_identical_tasks(bank, monkeypatch):
         def wrapped(self, batch):
             if not self.training:
                 seen.setdefault(key(self), []).append(
-                    (batch.classes.clone(), batch.support_x.clone(), batch.query_x.clone()))
+                    (batch.classes.clone(), batch.support_x.clone(), batch.query_x.clone())
+                )
             return forward(self, batch)
+
         return wrapped
 
     monkeypatch.setattr(Baseline, "forward", spy(Baseline.forward, lambda m: type(m).__name__))
     monkeypatch.setattr(LEO, "forward", spy(LEO.forward, lambda m: "LEO"))
-    rows = compare.run_comparison(bank, TINY, preset("synthetic"),
-                                  ["nearest-centroid", "maml", "LEO"], device="cpu",
-                                  log=lambda m: None)
+    rows = compare.run_comparison(
+        bank,
+        TINY,
+        preset("synthetic"),
+        ["nearest-centroid", "maml", "LEO"],
+        device="cpu",
+        log=lambda m: None,
+    )
     assert [r["method"] for r in rows] == ["nearest-centroid", "maml", "LEO"]
     n_test = -(-TINY.test_tasks // TINY.eval_batch_size)
     tests = {k: v[-n_test:] for k, v in seen.items()}
@@ -88,8 +113,16 @@ def test_every_method_is_tested_on_identical_tasks(bank, monkeypatch):
 def test_leo_is_fitted_exactly_as_the_train_command_does(bank, tmp_path):
     config = preset("synthetic")
     model, info = compare.fit("LEO", bank, TINY, config, BaselineConfig(), torch.device("cpu"))
-    result = train(config, TINY, bank, tmp_path / "run", device="cpu", progress=False,
-                   test=False, log=lambda m: None)
+    result = train(
+        config,
+        TINY,
+        bank,
+        tmp_path / "run",
+        device="cpu",
+        progress=False,
+        test=False,
+        log=lambda m: None,
+    )
     assert info["best_step"] == result.best_step
     assert info["val_accuracy"] == result.best_val_accuracy
     reference = result.model.state_dict()
@@ -105,9 +138,28 @@ def _table_numbers(table: str) -> dict[str, tuple[float, float, float]]:
 
 
 def test_cli_table_json_files_and_chart_agree(tmp_path, capsys):
-    args = ["compare", "--data", "synthetic", "--shot", "1", "--steps", "10", "--val-every", "5",
-            "--val-tasks", "10", "--test-tasks", "20", "--eval-queries", "5", "--seed", "1",
-            "--methods", "protonet,nearest-centroid,generator-only", "--no-progress"]
+    args = [
+        "compare",
+        "--data",
+        "synthetic",
+        "--shot",
+        "1",
+        "--steps",
+        "10",
+        "--val-every",
+        "5",
+        "--val-tasks",
+        "10",
+        "--test-tasks",
+        "20",
+        "--eval-queries",
+        "5",
+        "--seed",
+        "1",
+        "--methods",
+        "protonet,nearest-centroid,generator-only",
+        "--no-progress",
+    ]
     assert main([*args, "--out", str(tmp_path)]) == 0
     table, err = capsys.readouterr()
     assert err == ""
@@ -116,12 +168,17 @@ def test_cli_table_json_files_and_chart_agree(tmp_path, capsys):
     assert [r["method"] for r in rows] == ["nearest-centroid", "protonet", "generator-only"]
     numbers = _table_numbers(table)
     for r in rows:
-        assert numbers[r["method"]] == (round(100 * r["accuracy"], 2), round(100 * r["ci95"], 2),
-                                        round(r["train_seconds"], 1))
+        assert numbers[r["method"]] == (
+            round(100 * r["accuracy"], 2),
+            round(100 * r["ci95"], 2),
+            round(r["train_seconds"], 1),
+        )
     png = (tmp_path / "compare_synthetic_1shot.png").read_bytes()
     assert png.startswith(b"\x89PNG")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["compare_synthetic_1shot.json",
-                                                          "compare_synthetic_1shot.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "compare_synthetic_1shot.json",
+        "compare_synthetic_1shot.png",
+    ]
     # --json: stdout is exactly the rows (deterministic methods give the same numbers)
     assert main([*args[:-3], "--methods", "nearest-centroid", "--json"]) == 0
     out, _ = capsys.readouterr()
@@ -135,24 +192,38 @@ def test_cli_table_json_files_and_chart_agree(tmp_path, capsys):
 def test_plot_rows_draws_one_bar_per_method_with_labels(tmp_path):
     from matplotlib.figure import Figure
 
-    rows = [{"method": m, "accuracy": a, "ci95": 0.01, "train_seconds": 1.0, "data": "synthetic",
-             "way": 5, "shot": 1, "tasks": 100} for m, a in
-            (("maml", 0.3), ("generator-only", 0.5), ("LEO", 0.6))]
+    rows = [
+        {
+            "method": m,
+            "accuracy": a,
+            "ci95": 0.01,
+            "train_seconds": 1.0,
+            "data": "synthetic",
+            "way": 5,
+            "shot": 1,
+            "tasks": 100,
+        }
+        for m, a in (("maml", 0.3), ("generator-only", 0.5), ("LEO", 0.6))
+    ]
     ax = compare.plot_rows(rows, ax=Figure().subplots())
     assert len(ax.patches) == 3
-    positions = dict(zip([t.get_text() for t in ax.get_yticklabels()], ax.get_yticks(),
-                         strict=True))
+    positions = dict(
+        zip([t.get_text() for t in ax.get_yticklabels()], ax.get_yticks(), strict=True)
+    )
     assert positions["maml"] > positions["generator-only"] > positions["LEO"]  # first on top
     assert "accuracy" in ax.get_xlabel() and "5-way 1-shot" in ax.get_title()
     assert len({p.get_facecolor() for p in ax.patches}) == 3  # baseline, ablation, LEO
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--methods", "foo,LEO"], "unknown method(s) foo; choose from: nearest-centroid"),
-    (["--data", "leo-pickles"], "--data leo-pickles needs --data-dir DIR"),
-    (["--shot", "0"], "k_shot must be >= 1"),
-    (["--data", "omniglot"], "--data omniglot needs --data-dir DIR"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "foo,LEO"], "unknown method(s) foo; choose from: nearest-centroid"),
+        (["--data", "leo-pickles"], "--data leo-pickles needs --data-dir DIR"),
+        (["--shot", "0"], "k_shot must be >= 1"),
+        (["--data", "omniglot"], "--data omniglot needs --data-dir DIR"),
+    ],
+)
 def test_cli_user_errors_are_one_line_exit_2_and_write_nothing(argv, message, tmp_path, capsys):
     assert main(["compare", *argv, "--out", str(tmp_path / "out")]) == 2
     out, err = capsys.readouterr()

@@ -21,8 +21,10 @@ from leo_tutorial.data.glyphs import (
 from leo_tutorial.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = GlyphConfig(blocks=("Basic Latin", "Cyrillic", "Greek and Coptic", "Arrows", "Hebrew"),
-                    max_classes_per_block=12)
+SMALL = GlyphConfig(
+    blocks=("Basic Latin", "Cyrillic", "Greek and Coptic", "Arrows", "Hebrew"),
+    max_classes_per_block=12,
+)
 
 
 def block_of(ch: str) -> glyphs.Block:

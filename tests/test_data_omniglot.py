@@ -30,7 +30,7 @@ def strokes(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
         for _ in range(rng.integers(10, 25)):
             y = int(np.clip(y + rng.integers(-1, 2), 1, size - 3))
             x = int(np.clip(x + rng.integers(-1, 2), 1, size - 3))
-            ink[y:y + 2, x:x + 2] = True
+            ink[y : y + 2, x : x + 2] = True
     return ink
 
 
@@ -41,8 +41,10 @@ def make_fake_omniglot(root: Path, seed: int = 0) -> dict[str, list[np.ndarray]]
     """
     rng = np.random.default_rng(seed)
     drawings = {}
-    for folder, alphabets, n_chars in (("images_background", BACKGROUND, 3),
-                                       ("images_evaluation", EVALUATION, 2)):
+    for folder, alphabets, n_chars in (
+        ("images_background", BACKGROUND, 3),
+        ("images_evaluation", EVALUATION, 2),
+    ):
         for alphabet in alphabets:
             for c in range(1, n_chars + 1):
                 char_dir = root / folder / alphabet / f"character{c:02d}"
@@ -117,19 +119,24 @@ def test_rotations_are_four_classes_per_character(fake):
         p, r = plain.split(name), rot.split(name)
         assert r.n_classes == 4 * p.n_classes and len(r.images) == 4 * len(p.images)
         for c, class_name in enumerate(p.class_names):
-            assert r.class_names[4 * c:4 * c + 4] == [class_name, f"{class_name}/rot90",
-                                                      f"{class_name}/rot180",
-                                                      f"{class_name}/rot270"]
+            assert r.class_names[4 * c : 4 * c + 4] == [
+                class_name,
+                f"{class_name}/rot90",
+                f"{class_name}/rot180",
+                f"{class_name}/rot270",
+            ]
             base = p.images[p.labels == c]
             for k in range(4):
-                np.testing.assert_array_equal(r.images[r.labels == 4 * c + k],
-                                              np.rot90(base, k, axes=(1, 2)))
+                np.testing.assert_array_equal(
+                    r.images[r.labels == 4 * c + k], np.rot90(base, k, axes=(1, 2))
+                )
     # at native size the rotated classes are exactly np.rot90 of the original drawing
     native = read(root, image_size=SIZE, rotations=True).split("test")
     original = np.stack(drawings["Epsilon/character01"]).astype(np.uint8) * 255
     for k in range(4):
-        np.testing.assert_array_equal(native.images[native.labels == k],
-                                      np.rot90(original, k, axes=(1, 2)))
+        np.testing.assert_array_equal(
+            native.images[native.labels == k], np.rot90(original, k, axes=(1, 2))
+        )
 
 
 def test_reading_is_deterministic_and_logs_a_summary(fake):
@@ -141,9 +148,11 @@ def test_reading_is_deterministic_and_logs_a_summary(fake):
         np.testing.assert_array_equal(a.split(name).images, b.split(name).images)
         np.testing.assert_array_equal(a.split(name).labels, b.split(name).labels)
         assert a.split(name).class_names == b.split(name).class_names
-    assert lines == ["omniglot: train 3 alphabets / 9 classes / 36 images, val 1 alphabets / "
-                     "2 classes / 8 images, test 1 alphabets / 2 classes / 8 images "
-                     "(16x16, rotations off)"]
+    assert lines == [
+        "omniglot: train 3 alphabets / 9 classes / 36 images, val 1 alphabets / "
+        "2 classes / 8 images, test 1 alphabets / 2 classes / 8 images "
+        "(16x16, rotations off)"
+    ]
 
 
 def test_every_png_mode_reads_the_same(tmp_path):
@@ -163,8 +172,9 @@ def test_every_png_mode_reads_the_same(tmp_path):
     want = ink.astype(np.uint8) * 255
     for name, image in images.items():
         image.save(tmp_path / name)
-        np.testing.assert_array_equal(load_omniglot_image(tmp_path / name, SIZE), want,
-                                      err_msg=name)
+        np.testing.assert_array_equal(
+            load_omniglot_image(tmp_path / name, SIZE), want, err_msg=name
+        )
 
 
 def test_hidden_and_non_png_files_are_ignored(fake):

@@ -17,8 +17,7 @@ def test_shapes_and_dtypes():
     assert batch.is_sine.shape == (7,) and batch.is_sine.dtype == torch.bool
     assert batch.params.shape == (7, 2)
     assert (batch.batch_size, batch.k_shot, batch.n_query) == (7, 5, 10)
-    wide = sample_tasks(3, seed=0, config=SinusoidConfig(k_shot=2, n_query=4),
-                        dtype=torch.float64)
+    wide = sample_tasks(3, seed=0, config=SinusoidConfig(k_shot=2, n_query=4), dtype=torch.float64)
     assert wide.support_x.shape == (3, 2, 1) and wide.query_y.shape == (3, 4, 1)
     assert wide.query_y.dtype == torch.float64
 
@@ -28,8 +27,9 @@ def test_same_seed_same_tasks_other_seed_other_tasks():
     for name in ("support_x", "support_y", "query_x", "query_y", "is_sine", "params"):
         assert torch.equal(getattr(a, name), getattr(b, name))
     assert not torch.equal(a.support_x, c.support_x)
-    assert not torch.equal(sample_tasks(4, seed=[3, 0, 1]).support_y,
-                           sample_tasks(4, seed=[3, 0, 2]).support_y)
+    assert not torch.equal(
+        sample_tasks(4, seed=[3, 0, 1]).support_y, sample_tasks(4, seed=[3, 0, 2]).support_y
+    )
 
 
 def test_ranges_and_equal_proportion():
@@ -71,8 +71,9 @@ def test_to_converts_points_only():
     assert batch.is_sine.dtype == torch.bool
 
 
-@pytest.mark.parametrize("kwargs", [dict(k_shot=0), dict(sine_fraction=1.5), dict(noise=-1.0),
-                                    dict(slope=(3.0, -3.0))])
+@pytest.mark.parametrize(
+    "kwargs", [dict(k_shot=0), dict(sine_fraction=1.5), dict(noise=-1.0), dict(slope=(3.0, -3.0))]
+)
 def test_bad_config_is_a_clear_error(kwargs):
     with pytest.raises(UserError):
         SinusoidConfig(**kwargs)

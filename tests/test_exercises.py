@@ -26,7 +26,7 @@ from leo_tutorial.exercises import (
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 
-SOLVED = '''import torch
+SOLVED = """import torch
 
 def latent_step(z, grad, inner_lr):  # eq. 5
     ### BEGIN SOLUTION hint: z' = z - alpha * grad
@@ -34,7 +34,7 @@ def latent_step(z, grad, inner_lr):  # eq. 5
     return z - step
     ### END SOLUTION
 
-print("kept")'''
+print("kept")"""
 
 
 def synthetic_notebook(*cells: tuple[str, str]) -> nbformat.NotebookNode:
@@ -48,12 +48,15 @@ def synthetic_notebook(*cells: tuple[str, str]) -> nbformat.NotebookNode:
 def test_strip_solutions_replaces_the_region_and_keeps_the_rest():
     source, regions = strip_solutions(SOLVED)
     assert regions == 1
-    assert source == '''import torch
+    assert (
+        source
+        == """import torch
 
 def latent_step(z, grad, inner_lr):  # eq. 5
     raise NotImplementedError("z' = z - alpha * grad")
 
-print("kept")'''
+print("kept")"""
+    )
     namespace: dict = {}
     exec(source, namespace)  # the stub is valid Python and raises with the hint
     with pytest.raises(NotImplementedError, match="z' = z - alpha"):
@@ -63,22 +66,31 @@ print("kept")'''
 def test_strip_solutions_without_hint_and_several_regions():
     source, regions = strip_solutions(
         "a = 1\n### BEGIN SOLUTION\nb = 2\n### END SOLUTION\nif a:\n"
-        "    ### BEGIN SOLUTION\n    c = 3\n    ### END SOLUTION\n")
+        "    ### BEGIN SOLUTION\n    c = 3\n    ### END SOLUTION\n"
+    )
     assert regions == 2
-    assert source == (f"a = 1\nraise NotImplementedError({DEFAULT_HINT!r})\nif a:\n"
-                      f"    raise NotImplementedError({DEFAULT_HINT!r})\n")
+    assert source == (
+        f"a = 1\nraise NotImplementedError({DEFAULT_HINT!r})\nif a:\n"
+        f"    raise NotImplementedError({DEFAULT_HINT!r})\n"
+    )
     assert strip_solutions("x = 1  # no markers") == ("x = 1  # no markers", 0)
 
 
-@pytest.mark.parametrize(("source", "message"), [
-    ("### BEGIN SOLUTION\nx = 1\n", "line 1: '### BEGIN SOLUTION' is never closed"),
-    ("x = 1\n### END SOLUTION\n", "line 2: '### END SOLUTION' without a '### BEGIN SOLUTION'"),
-    ("### BEGIN SOLUTION\n### BEGIN SOLUTION\nx\n### END SOLUTION\n", "line 2:.*inside the region"),
-    ("### BEGIN SOLUTION\n\n### END SOLUTION\n", "line 1: empty solution region"),
-    ("## BEGIN SOLUTION\nx = 1\n### END SOLUTION\n", "line 1: malformed marker"),
-    ("### BEGIN SOLUTIONS\nx = 1\n### END SOLUTION\n", "line 1: malformed marker"),
-    ("### BEGIN SOLUTION\nx = 1\n#### END SOLUTION\n", "line 3: malformed marker"),
-])
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("### BEGIN SOLUTION\nx = 1\n", "line 1: '### BEGIN SOLUTION' is never closed"),
+        ("x = 1\n### END SOLUTION\n", "line 2: '### END SOLUTION' without a '### BEGIN SOLUTION'"),
+        (
+            "### BEGIN SOLUTION\n### BEGIN SOLUTION\nx\n### END SOLUTION\n",
+            "line 2:.*inside the region",
+        ),
+        ("### BEGIN SOLUTION\n\n### END SOLUTION\n", "line 1: empty solution region"),
+        ("## BEGIN SOLUTION\nx = 1\n### END SOLUTION\n", "line 1: malformed marker"),
+        ("### BEGIN SOLUTIONS\nx = 1\n### END SOLUTION\n", "line 1: malformed marker"),
+        ("### BEGIN SOLUTION\nx = 1\n#### END SOLUTION\n", "line 3: malformed marker"),
+    ],
+)
 def test_malformed_markers_are_clear_errors(source, message):
     with pytest.raises(UserError, match=f"my cell, {message}"):
         strip_solutions(source, "my cell")
@@ -86,8 +98,11 @@ def test_malformed_markers_are_clear_errors(source, message):
 
 def test_make_exercise_on_a_synthetic_notebook():
     nb = synthetic_notebook(
-        ("markdown", "# Title\n\nSee [the spec](../docs/LEO_SPEC.md), [02](02_x.ipynb), "
-                     "[web](https://example.org) and [below](#summary)."),
+        (
+            "markdown",
+            "# Title\n\nSee [the spec](../docs/LEO_SPEC.md), [02](02_x.ipynb), "
+            "[web](https://example.org) and [below](#summary).",
+        ),
         ("code", SOLVED),
         ("code", "# NBVAL_CHECK_OUTPUT\nlatent_step = checks.check_latent_step(latent_step)"),
     )
@@ -101,7 +116,8 @@ def test_make_exercise_on_a_synthetic_notebook():
     assert "`latent_step`" in header and "notebooks/04_toy.ipynb" in header
     assert exercise.cells[1].source == (
         "# Title\n\nSee [the spec](../../docs/LEO_SPEC.md), [02](../02_x.ipynb), "
-        "[web](https://example.org) and [below](#summary).")
+        "[web](https://example.org) and [below](#summary)."
+    )
     code = exercise.cells[2]
     assert "NotImplementedError" in code.source and "z - step" not in code.source
     assert code.source.endswith('print("kept")')
@@ -114,8 +130,7 @@ def test_make_exercise_on_a_synthetic_notebook():
 
 def test_make_exercise_needs_a_check_after_each_region():
     nb = synthetic_notebook(("code", SOLVED), ("markdown", "text"), ("code", "print(1)"))
-    with pytest.raises(UserError, match="04_toy, cell 0: a solution region needs a "
-                                        "checks.check_"):
+    with pytest.raises(UserError, match="04_toy, cell 0: a solution region needs a checks.check_"):
         make_exercise(nb, "04_toy")
     nb.cells[2].source = "f = checks.check_latent_step(latent_step)"
     assert exercise_names(make_exercise(nb, "04_toy")) == ["latent_step"]  # next code cell
@@ -131,8 +146,13 @@ SOURCES = source_notebooks(NOTEBOOKS)
 
 def test_every_concept_notebook_has_exercises_with_known_checks():
     names = {path.stem: exercise_names(nbformat.read(path, as_version=4)) for path in SOURCES}
-    assert {"01_problem_setup", "02_encoder_relation_net", "03_decoder", "04_inner_loop",
-            "05_meta_objective"} <= set(names)  # at least one exercise per concept notebook
+    assert {
+        "01_problem_setup",
+        "02_encoder_relation_net",
+        "03_decoder",
+        "04_inner_loop",
+        "05_meta_objective",
+    } <= set(names)  # at least one exercise per concept notebook
     for stem, functions in names.items():
         for name in functions:
             assert checks.EXERCISES[name].notebook == stem
@@ -141,17 +161,20 @@ def test_every_concept_notebook_has_exercises_with_known_checks():
 
 @pytest.mark.parametrize("source", SOURCES, ids=[path.stem for path in SOURCES])
 def test_exercise_notebooks_are_up_to_date(source):
-    assert is_up_to_date(source), (f"{exercise_path(source).relative_to(ROOT)} is out of date: "
-                                   "run scripts/make_exercises.py")
+    assert is_up_to_date(source), (
+        f"{exercise_path(source).relative_to(ROOT)} is out of date: run scripts/make_exercises.py"
+    )
     exercise = nbformat.read(exercise_path(source), as_version=4)
     stubs = [cell for cell in exercise.cells if "raise NotImplementedError(" in cell.source]
     assert len(stubs) >= 1
-    outputs = "".join(output.get("text", "") for cell in exercise.cells
-                      for output in cell.get("outputs", []))
+    outputs = "".join(
+        output.get("text", "") for cell in exercise.cells for output in cell.get("outputs", [])
+    )
     assert outputs.count("not implemented yet") == len(exercise_names(exercise))
     assert "✓" not in outputs and "✗" not in outputs  # committed from an untouched run
-    assert [cell.execution_count for cell in exercise.cells if cell.cell_type == "code"] == \
-        list(range(1, 1 + sum(cell.cell_type == "code" for cell in exercise.cells)))
+    assert [cell.execution_count for cell in exercise.cells if cell.cell_type == "code"] == list(
+        range(1, 1 + sum(cell.cell_type == "code" for cell in exercise.cells))
+    )
 
 
 def test_no_stale_exercise_notebooks():
@@ -163,8 +186,9 @@ def _load_script():
     scripts = str(ROOT / "scripts")
     if scripts not in sys.path:
         sys.path.insert(0, scripts)  # make_exercises imports execute_notebooks next to it
-    spec = importlib.util.spec_from_file_location("make_exercises", ROOT / "scripts" /
-                                                  "make_exercises.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_exercises", ROOT / "scripts" / "make_exercises.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -195,9 +219,9 @@ def test_make_exercises_check_mode_finds_outdated_and_stale_files(tmp_path, monk
     assert script.main(["--check"]) == 1
     assert capsys.readouterr().out.splitlines()[-2:] == [
         "out of date: notebooks/exercises/03_gone.ipynb",
-        "fix: .venv/bin/python scripts/make_exercises.py"]
+        "fix: .venv/bin/python scripts/make_exercises.py",
+    ]
     nb.cells[0].source = SOLVED.replace("### END SOLUTION", "")
     nbformat.write(nb, source)
     assert script.main(["--check"]) == 2
-    assert "04_toy, cell 0, line 4: '### BEGIN SOLUTION' is never closed" in \
-        capsys.readouterr().err
+    assert "04_toy, cell 0, line 4: '### BEGIN SOLUTION' is never closed" in capsys.readouterr().err

@@ -42,8 +42,9 @@ def draw_strokes(points: np.ndarray, width: float) -> np.ndarray:
     return (np.clip(width - dist + 0.5, 0, 1) * 255).astype(np.uint8)
 
 
-def stroke_split(n_classes: int, per_class: int, rng: np.random.Generator, prefix: str
-                 ) -> ImageSplit:
+def stroke_split(
+    n_classes: int, per_class: int, rng: np.random.Generator, prefix: str
+) -> ImageSplit:
     """Each class: a random 4-point polyline; each sample jitters its points and width."""
     images, labels = [], []
     for c in range(n_classes):
@@ -53,22 +54,35 @@ def stroke_split(n_classes: int, per_class: int, rng: np.random.Generator, prefi
             points = template + shift + rng.normal(0, 1.0, size=template.shape)
             images.append(draw_strokes(points, rng.uniform(0.8, 1.8)))
             labels.append(c)
-    return ImageSplit(np.stack(images), np.array(labels), [f"{prefix}_{c}-x" for c in
-                                                           range(n_classes)])
+    return ImageSplit(
+        np.stack(images), np.array(labels), [f"{prefix}_{c}-x" for c in range(n_classes)]
+    )
 
 
 @pytest.fixture(scope="module")
 def shapes() -> ImageDataset:
     rng = np.random.default_rng(0)
-    return ImageDataset({"train": stroke_split(10, 20, rng, "tr"),
-                         "val": stroke_split(5, 20, rng, "va"),
-                         "test": stroke_split(6, 20, rng, "te")}, name="shapes")
+    return ImageDataset(
+        {
+            "train": stroke_split(10, 20, rng, "tr"),
+            "val": stroke_split(5, 20, rng, "va"),
+            "test": stroke_split(6, 20, rng, "te"),
+        },
+        name="shapes",
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(shapes):
-    return train_backbone(shapes, epochs=12, channels=32, batch_size=64, seed=0, progress=False,
-                          log=lambda message: None)
+    return train_backbone(
+        shapes,
+        epochs=12,
+        channels=32,
+        batch_size=64,
+        seed=0,
+        progress=False,
+        log=lambda message: None,
+    )
 
 
 def test_shapes_and_embedding_dims():
@@ -98,9 +112,17 @@ def test_random_shift_moves_ink_within_bounds():
 
 def test_training_is_deterministic_under_a_seed(shapes):
     def run(seed):
-        net, hist = train_backbone(shapes, epochs=1, channels=8, batch_size=64, seed=seed,
-                                   progress=False, log=lambda m: None)
+        net, hist = train_backbone(
+            shapes,
+            epochs=1,
+            channels=8,
+            batch_size=64,
+            seed=seed,
+            progress=False,
+            log=lambda m: None,
+        )
         return net.state_dict(), hist
+
     (a, ha), (b, hb), (c, _) = run(3), run(3), run(4)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert ha["epochs"][0]["loss"] == hb["epochs"][0]["loss"]
@@ -130,16 +152,34 @@ def test_embeddings_cluster_better_than_pixels_and_leo_trains(trained, shapes, t
     assert bank.name == "shapes/convnet4" and bank.dim == 32
     assert set(bank.splits) == {"train", "val", "test"}
     test_images = shapes.split("test")
-    pixels = FeatureSplit(test_images.images.reshape(len(test_images.images), -1).astype(
-        np.float32), test_images.labels, test_images.class_names)
+    pixels = FeatureSplit(
+        test_images.images.reshape(len(test_images.images), -1).astype(np.float32),
+        test_images.labels,
+        test_images.class_names,
+    )
     acc_emb = nearest_centroid_accuracy(bank.split("test"))
     acc_pix = nearest_centroid_accuracy(pixels)
     assert acc_emb > acc_pix + 0.1, (acc_emb, acc_pix)  # measured 0.56 vs 0.35
 
-    result = train(LEOConfig(num_latents=8, outer_lr=3e-3),
-                   TrainConfig(k_shot=1, n_query=5, eval_n_query=5, steps=4, val_every=2,
-                               val_tasks=4, test_tasks=4, eval_batch_size=4, batch_size=2),
-                   bank, tmp_path / "run", device="cpu", progress=False, log=lambda m: None)
+    result = train(
+        LEOConfig(num_latents=8, outer_lr=3e-3),
+        TrainConfig(
+            k_shot=1,
+            n_query=5,
+            eval_n_query=5,
+            steps=4,
+            val_every=2,
+            val_tasks=4,
+            test_tasks=4,
+            eval_batch_size=4,
+            batch_size=2,
+        ),
+        bank,
+        tmp_path / "run",
+        device="cpu",
+        progress=False,
+        log=lambda m: None,
+    )
     assert 0.0 <= result.test.accuracy <= 1.0
 
 

@@ -21,9 +21,28 @@ def private_cache(tmp_path_factory):
 
 def test_omniglot_trains_a_backbone_once_then_reuses_it(tmp_path, private_cache, capsys):
     make_fake_omniglot(tmp_path / "omniglot")
-    args = ["train", "--data", "omniglot", "--data-dir", str(tmp_path / "omniglot"),
-            "--way", "2", "--shot", "1", "--queries", "2", "--steps", "2", "--val-every", "2",
-            "--val-tasks", "4", "--test-tasks", "4", "--no-progress"]
+    args = [
+        "train",
+        "--data",
+        "omniglot",
+        "--data-dir",
+        str(tmp_path / "omniglot"),
+        "--way",
+        "2",
+        "--shot",
+        "1",
+        "--queries",
+        "2",
+        "--steps",
+        "2",
+        "--val-every",
+        "2",
+        "--val-tasks",
+        "4",
+        "--test-tasks",
+        "4",
+        "--no-progress",
+    ]
     assert main([*args, "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert "pre-training the stage-1 backbone on 9 omniglot meta-train classes" in err
@@ -51,17 +70,31 @@ def test_glyphs_use_the_shipped_backbone(private_cache):
     assert not any(p.name.startswith("glyphs-convnet4") for p in private_cache.iterdir())
 
 
-def test_prepare_omniglot_retrains_and_exports_the_official_layout(tmp_path, private_cache,
-                                                                   capsys):
+def test_prepare_omniglot_retrains_and_exports_the_official_layout(tmp_path, private_cache, capsys):
     make_fake_omniglot(tmp_path / "omniglot")
-    args = ["prepare", "omniglot", "--data-dir", str(tmp_path / "omniglot"), "--epochs", "1",
-            "--no-progress", "--out", str(tmp_path / "emb")]
+    args = [
+        "prepare",
+        "omniglot",
+        "--data-dir",
+        str(tmp_path / "omniglot"),
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "emb"),
+    ]
     assert main(args) == 0
     assert "train: 9 classes, 36 images -> 32-d" in capsys.readouterr().out
     assert main([*args, "--retrain"]) == 0
     assert "pre-training" in capsys.readouterr().err  # --retrain trains again
-    bank = load_bank({"source": "leo-pickles", "data_dir": str(tmp_path / "emb"),
-                      "dataset": "omniglot", "crop": "center"})
+    bank = load_bank(
+        {
+            "source": "leo-pickles",
+            "data_dir": str(tmp_path / "emb"),
+            "dataset": "omniglot",
+            "crop": "center",
+        }
+    )
     assert bank.split("train").n_classes == 9 and bank.dim == 32
     assert main(["prepare", "omniglot"]) == 2
     assert "--data-dir" in capsys.readouterr().err
@@ -76,8 +109,17 @@ def test_the_readme_main_job_runs(tmp_path, capsys):
     argv = line.split(".venv/bin/leo-tutorial", 1)[1].split()
     out = argv.index("--out")
     argv[out + 1] = str(tmp_path / "quickstart")
-    fast = ["--steps", "100", "--val-every", "50", "--val-tasks", "50", "--test-tasks", "100",
-            "--no-progress"]
+    fast = [
+        "--steps",
+        "100",
+        "--val-every",
+        "50",
+        "--val-tasks",
+        "50",
+        "--test-tasks",
+        "100",
+        "--no-progress",
+    ]
     assert main([*argv, *fast]) == 0
     assert "test accuracy" in capsys.readouterr().out
     assert (tmp_path / "quickstart" / "test.json").is_file()

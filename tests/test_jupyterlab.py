@@ -61,8 +61,12 @@ def uses_sliders(nb: nbformat.NotebookNode) -> bool:
 
 
 def has_figures(nb: nbformat.NotebookNode) -> bool:
-    return any("image/png" in out.get("data", {})
-               for c in nb.cells if c.cell_type == "code" for out in c.outputs)
+    return any(
+        "image/png" in out.get("data", {})
+        for c in nb.cells
+        if c.cell_type == "code"
+        for out in c.outputs
+    )
 
 
 def selected_notebooks() -> list[Path]:
@@ -72,8 +76,9 @@ def selected_notebooks() -> list[Path]:
     if choice:
         names = {name.strip().removesuffix(".ipynb") for name in choice.split(",")}
         return [p for p in NOTEBOOKS if p.stem in names]
-    return [p for p in NOTEBOOKS
-            if p.stem in ALWAYS or uses_sliders(nbformat.read(p, as_version=4))]
+    return [
+        p for p in NOTEBOOKS if p.stem in ALWAYS or uses_sliders(nbformat.read(p, as_version=4))
+    ]
 
 
 PROBE = "probe_widgets.ipynb"
@@ -82,26 +87,33 @@ PROBE = "probe_widgets.ipynb"
 def probe_notebook() -> nbformat.NotebookNode:
     """A small notebook that exercises every check: a figure, a wired and an inert slider,
     a stderr message and an error (last, so Run All reaches every cell)."""
-    return new_notebook(cells=[
-        new_markdown_cell("# Probe"),
-        new_code_cell("import matplotlib.pyplot as plt\n"
-                      "plt.plot([0, 1], [0, 1])\nplt.title('a figure')\nplt.show()"),
-        new_code_cell(
-            "import io\nimport ipywidgets as widgets\n"
-            "slope = widgets.IntSlider(1, min=1, max=5, description='slope')\n"
-            "image, label = widgets.Image(format='png'), widgets.HTML()\n"
-            "def draw(_=None):\n"
-            "    fig, ax = plt.subplots(figsize=(3, 2))\n"
-            "    ax.plot([0, 1], [0, slope.value])\n"
-            "    buffer = io.BytesIO(); fig.savefig(buffer, format='png'); plt.close(fig)\n"
-            "    image.value, label.value = buffer.getvalue(), f'slope {slope.value}'\n"
-            "slope.observe(draw, names='value'); draw()\n"
-            "widgets.VBox([slope, image, label])"),
-        new_code_cell("widgets.IntSlider(3, min=0, max=5, description='inert')"),
-        new_code_cell("import sys\nprint('a warning', file=sys.stderr)"),
-        new_code_cell("raise ValueError('probe error')"),
-    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                "language": "python"}})
+    return new_notebook(
+        cells=[
+            new_markdown_cell("# Probe"),
+            new_code_cell(
+                "import matplotlib.pyplot as plt\n"
+                "plt.plot([0, 1], [0, 1])\nplt.title('a figure')\nplt.show()"
+            ),
+            new_code_cell(
+                "import io\nimport ipywidgets as widgets\n"
+                "slope = widgets.IntSlider(1, min=1, max=5, description='slope')\n"
+                "image, label = widgets.Image(format='png'), widgets.HTML()\n"
+                "def draw(_=None):\n"
+                "    fig, ax = plt.subplots(figsize=(3, 2))\n"
+                "    ax.plot([0, 1], [0, slope.value])\n"
+                "    buffer = io.BytesIO(); fig.savefig(buffer, format='png'); plt.close(fig)\n"
+                "    image.value, label.value = buffer.getvalue(), f'slope {slope.value}'\n"
+                "slope.observe(draw, names='value'); draw()\n"
+                "widgets.VBox([slope, image, label])"
+            ),
+            new_code_cell("widgets.IntSlider(3, min=0, max=5, description='inert')"),
+            new_code_cell("import sys\nprint('a warning', file=sys.stderr)"),
+            new_code_cell("raise ValueError('probe error')"),
+        ],
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+    )
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,15 @@ from leo_tutorial.data import EpisodeSampler, SyntheticConfig, make_synthetic_ba
 from leo_tutorial.data.sources import ASSETS, glyphs_spec  # noqa: E402
 from leo_tutorial.training import load_run  # noqa: E402
 
-SMALL = SyntheticConfig(n_train_classes=12, n_val_classes=8, n_test_classes=8,
-                        images_per_class=20, dim=16, subspace_dim=4, class_scale=1.5)
+SMALL = SyntheticConfig(
+    n_train_classes=12,
+    n_val_classes=8,
+    n_test_classes=8,
+    images_per_class=20,
+    dim=16,
+    subspace_dim=4,
+    class_scale=1.5,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +35,16 @@ def bank():
 def test_shipped_glyph_run_is_a_complete_small_run():
     run = ASSETS / "glyphs_leo_1shot"
     model, record = load_run(run)
-    assert record["data"] == json.loads(json.dumps(glyphs_spec())), \
+    assert record["data"] == json.loads(json.dumps(glyphs_spec())), (
         "the glyph data changed: run scripts/train_shipped_runs.py"
+    )
     assert (model.embedding_dim, model.n_way) == (record["embedding_dim"], 5)
     metrics = json.loads((run / "metrics.json").read_text())
     test = json.loads((run / "test.json").read_text())
     best = max(metrics["val"], key=lambda h: h["accuracy"])
-    assert best["step"] == test["best_step"] == torch.load(run / "best.pt",
-                                                           weights_only=True)["step"]
+    assert (
+        best["step"] == test["best_step"] == torch.load(run / "best.pt", weights_only=True)["step"]
+    )
     assert test["tasks"] == record["train_config"]["test_tasks"] and test["shot"] == 1
     assert 0.2 < test["accuracy"] <= 1.0
     assert sum(f.stat().st_size for f in run.iterdir()) < 1_000_000
@@ -43,8 +52,12 @@ def test_shipped_glyph_run_is_a_complete_small_run():
 
 def small_model(dtype=torch.float64, **changes):
     torch.manual_seed(0)
-    return LEO(LEOConfig(num_latents=6, inner_unroll_length=3, **changes), embedding_dim=16,
-               n_way=4, dtype=dtype)
+    return LEO(
+        LEOConfig(num_latents=6, inner_unroll_length=3, **changes),
+        embedding_dim=16,
+        n_way=4,
+        dtype=dtype,
+    )
 
 
 def tasks(bank, k_shot=1, count=3, seed=0, dtype=torch.float64):
@@ -89,14 +102,19 @@ def test_task_trajectory_records_every_step(bank):
 
 def test_collect_codes_matches_the_forward_pass(bank):
     model = small_model(dtype=torch.float32)
-    codes = latent.collect_codes(model, bank.split("val"), n_way=4, k_shot=2, n_query=5,
-                                 tasks=7, batch_size=3, seed=4)
+    codes = latent.collect_codes(
+        model, bank.split("val"), n_way=4, k_shot=2, n_query=5, tasks=7, batch_size=3, seed=4
+    )
     assert codes.z_trajectory.shape == (7, 4, 4, 6)
     assert codes.z.shape == codes.z_prime.shape == (7, 4, 6) and codes.classes.shape == (7, 4)
     sampler = EpisodeSampler(bank.split("val"), 4, 2, 5)
     parts = list(sampler.iter_batches(7, 3, seed=4))
-    batch = type(parts[0])(*[torch.cat([getattr(p, f) for p in parts]) for f in (
-        "support_x", "support_y", "query_x", "query_y", "classes")])
+    batch = type(parts[0])(
+        *[
+            torch.cat([getattr(p, f) for p in parts])
+            for f in ("support_x", "support_y", "query_x", "query_y", "classes")
+        ]
+    )
     with torch.no_grad():
         out = model.eval()(batch)
         before = losses.accuracy(model.predict(batch.query_x, out.w_init), batch.query_y)
@@ -197,13 +215,23 @@ def test_latent_figures_are_labelled(bank):
     path = latent.task_trajectory(model, tasks(bank).task(0), steps=4)
     fig = viz.explorer_figure(path, 2, latent.fit_pca(path.z))
     assert [ax.get_xlabel() for ax in fig.axes[:3]] == [
-        "PC 1", "embedding dimension", "predicted label (mean probability)"]
+        "PC 1",
+        "embedding dimension",
+        "predicted label (mean probability)",
+    ]
     _, axes = plt.subplots(1, 3)
-    viz.scatter_codes(axes[0], np.zeros((4, 2)), np.array([0, 1, -1, 0]), ["a", "b"], "t",
-                      xlabel="x", ylabel="y")
+    viz.scatter_codes(
+        axes[0], np.zeros((4, 2)), np.array([0, 1, -1, 0]), ["a", "b"], "t", xlabel="x", ylabel="y"
+    )
     assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["other classes", "a", "b"]
     viz.plot_code_paths(axes[1], latent.fit_pca(path.z)(path.z)[None])
-    viz.plot_interpolation(axes[2], *latent.interpolate_class_code(
-        model, tasks(bank).task(0), torch.tensor(path.z[:1, :, None]), 0, 1), a=0, b=1)
+    viz.plot_interpolation(
+        axes[2],
+        *latent.interpolate_class_code(
+            model, tasks(bank).task(0), torch.tensor(path.z[:1, :, None]), 0, 1
+        ),
+        a=0,
+        b=1,
+    )
     assert all(ax.get_title() and ax.get_xlabel() and ax.get_ylabel() for ax in axes)
     plt.close("all")

@@ -9,16 +9,25 @@ from _tasks import random_batch, task
 from leo_tutorial import LEO, LEOConfig, UserError, losses
 
 # The official test configuration (model_test.get_test_config).
-TEST_CONFIG = LEOConfig(inner_unroll_length=3, finetuning_unroll_length=4, inner_lr_init=0.1,
-                        finetuning_lr_init=0.2, num_latents=1, dropout_rate=0.3, kl_weight=0.01,
-                        encoder_penalty_weight=0.01, l2_penalty_weight=0.01,
-                        orthogonality_penalty_weight=0.01)
+TEST_CONFIG = LEOConfig(
+    inner_unroll_length=3,
+    finetuning_unroll_length=4,
+    inner_lr_init=0.1,
+    finetuning_lr_init=0.2,
+    num_latents=1,
+    dropout_rate=0.3,
+    kl_weight=0.01,
+    encoder_penalty_weight=0.01,
+    l2_penalty_weight=0.01,
+    orthogonality_penalty_weight=0.01,
+)
 
 
 def make(config=TEST_CONFIG, d=4, n=5, dtype=torch.float64, seed=0, **changes):
     torch.manual_seed(seed)
-    return LEO(config.replace(**changes) if changes else config, embedding_dim=d, n_way=n,
-               dtype=dtype)
+    return LEO(
+        config.replace(**changes) if changes else config, embedding_dim=d, n_way=n, dtype=dtype
+    )
 
 
 def official_problem(n=5, k=7, d=4, dtype=torch.float64):
@@ -27,6 +36,7 @@ def official_problem(n=5, k=7, d=4, dtype=torch.float64):
     x = torch.rand(1, n, k, d, generator=g, dtype=dtype)
     y = torch.arange(n).view(1, n, 1).expand(1, n, k).clone()
     from types import SimpleNamespace
+
     return SimpleNamespace(support_x=x, support_y=y, query_x=x, query_y=y)
 
 
@@ -36,7 +46,9 @@ def test_trainable_parameters_are_exactly_the_official_ones():
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     assert shapes == {
         "g_e.weight": (64, 640),  # encoder, no bias
-        "g_r.0.weight": (128, 128), "g_r.2.weight": (128, 128), "g_r.4.weight": (128, 128),
+        "g_r.0.weight": (128, 128),
+        "g_r.2.weight": (128, 128),
+        "g_r.4.weight": (128, 128),
         "g_d.weight": (1280, 64),  # decoder
         "inner_lr": (64,),  # alpha, per latent dimension
         "finetune_lr": (640,),  # eta, per embedding dimension
@@ -49,13 +61,15 @@ def test_trainable_parameters_are_exactly_the_official_ones():
 
 def _mock_everything(model, monkeypatch):
     """mockify_everything(mock_finetuning=True, mock_encdec=True) of the official tests."""
+
     def identity(x, *args, **kwargs):
         return x
 
     for name in ("encoder", "relation_network", "average_codes_per_class", "decoder", "loss_fn"):
         monkeypatch.setattr(model, name, identity)
-    monkeypatch.setattr(model, "possibly_sample",
-                        lambda p, offset=0.0: (p, p.new_zeros(p.shape[0])))
+    monkeypatch.setattr(
+        model, "possibly_sample", lambda p, offset=0.0: (p, p.new_zeros(p.shape[0]))
+    )
     monkeypatch.setattr(model, "predict", lambda x, w: x * w**2)
     monkeypatch.setattr(model, "finetuning_inner_loop", lambda x, y, state: (state, []))
     monkeypatch.setattr(model, "regularisers", lambda: (torch.tensor(0.0), torch.tensor(0.0)))
@@ -77,6 +91,7 @@ def test_inner_loop_adaptation_gives_0_032(monkeypatch, training):
     # The meta-loss is the mean query loss of the adapted weights (+ the encoder penalty when
     # meta-training; every other term is 0 here).
     from types import SimpleNamespace
+
     query = SimpleNamespace(support_x=x, support_y=y, query_x=torch.ones_like(x), query_y=y)
     out = model(query)
     penalty = 0.01 * (4 - 0.032) ** 2 if training else 0.0  # gamma * mean((z - sg(z'))^2)
@@ -189,16 +204,28 @@ def _meta_loss_fn(model, batch, seed=0):
         torch.manual_seed(seed)
         out = torch.func.functional_call(model, dict(zip(names, params, strict=True)), (batch,))
         return out.loss
+
     return f, tuple(p.detach().clone().requires_grad_() for p in model.parameters())
 
 
 @pytest.mark.parametrize("inner_gradient", ["analytic", "autograd"])
 def test_meta_gradient_matches_finite_differences(inner_gradient):
     """Exact second-order meta-gradient for every parameter, sampling and dropout included."""
-    model = make(LEOConfig(num_latents=2, inner_unroll_length=2, finetuning_unroll_length=2,
-                           inner_lr_init=0.5, finetuning_lr_init=0.1, dropout_rate=0.2,
-                           kl_weight=0.1, encoder_penalty_weight=0.0,  # stop-gradient: not a
-                           inner_gradient=inner_gradient), d=5, n=3).train()  # derivative
+    model = make(
+        LEOConfig(
+            num_latents=2,
+            inner_unroll_length=2,
+            finetuning_unroll_length=2,
+            inner_lr_init=0.5,
+            finetuning_lr_init=0.1,
+            dropout_rate=0.2,
+            kl_weight=0.1,
+            encoder_penalty_weight=0.0,  # stop-gradient: not a
+            inner_gradient=inner_gradient,
+        ),
+        d=5,
+        n=3,
+    ).train()  # derivative
     with torch.no_grad():  # keep every std away from the kink at the 1e-10 floor:
         model.g_r[4].weight[2:] = model.g_r[4].weight[2:].abs()  # z: u > 0 (ReLU inputs >= 0)
         model.g_d.weight[5:] *= 0.1  # W: |u| small, std ~ offset - u > 0
@@ -224,12 +251,17 @@ def test_meta_gradient_is_second_order_and_reaches_every_parameter():
     batch = random_batch(b=2, n=5, k=2, v=3, d=8)
     grads = {}
     for first_order in (False, True):
-        model = make(LEOConfig(num_latents=3, dropout_rate=0.0, first_order=first_order),
-                     d=8).train()
+        model = make(
+            LEOConfig(num_latents=3, dropout_rate=0.0, first_order=first_order), d=8
+        ).train()
         torch.manual_seed(0)
-        grads[first_order] = dict(zip(
-            [n for n, _ in model.named_parameters()],
-            torch.autograd.grad(model(batch).loss, list(model.parameters())), strict=True))
+        grads[first_order] = dict(
+            zip(
+                [n for n, _ in model.named_parameters()],
+                torch.autograd.grad(model(batch).loss, list(model.parameters())),
+                strict=True,
+            )
+        )
     for name, g in grads[False].items():
         assert g.abs().sum() > 0, f"no meta-gradient reaches {name}"
     # Dropping the second-order terms changes the meta-gradient of the decoder and of alpha.

@@ -36,14 +36,19 @@ def make_model(config=SMALL, dtype=torch.float32, seed=0):
 
 def test_theta_is_the_1761_parameters_of_a_1_40_40_1_mlp():
     assert theta_size(40) == 1761
-    assert [shape for _, shape in theta_layout(40)] == [(40, 1), (40,), (40, 40), (40,),
-                                                        (1, 40), (1,)]
+    assert [shape for _, shape in theta_layout(40)] == [
+        (40, 1),
+        (40,),
+        (40, 40),
+        (40,),
+        (1, 40),
+        (1,),
+    ]
     model = make_model()
     assert model.n_theta == 1761
     assert model.g_d[-1].out_features == 2 * 1761  # a mean and a std parameter each
     torch.manual_seed(1)
-    net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(),
-                        nn.Linear(40, 1))
+    net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
     theta = torch.randn(1761)
     nn.utils.vector_to_parameters(theta, net.parameters())  # torch's own flat order
     x = torch.linspace(-5, 5, 11).reshape(1, -1, 1)
@@ -83,20 +88,25 @@ def test_encoder_code_does_not_depend_on_point_order():
     model = make_model()
     batch = sample_tasks(2, seed=0)
     order = torch.tensor([3, 0, 4, 1, 2])
-    torch.testing.assert_close(model.encode(batch.support_x, batch.support_y),
-                               model.encode(batch.support_x[:, order], batch.support_y[:, order]))
+    torch.testing.assert_close(
+        model.encode(batch.support_x, batch.support_y),
+        model.encode(batch.support_x[:, order], batch.support_y[:, order]),
+    )
 
 
 def test_sampling_is_reproducible_under_a_seed_and_varies_with_it():
     model = make_model()
     state = torch.random.get_rng_state()
-    a = sample_functions(model, [-2.0, 0.0, 1.0, 3.0, 4.0], [1.0, 0.5, -1.0, 2.0, 0.0],
-                         n_samples=6, seed=5)
+    a = sample_functions(
+        model, [-2.0, 0.0, 1.0, 3.0, 4.0], [1.0, 0.5, -1.0, 2.0, 0.0], n_samples=6, seed=5
+    )
     assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
-    b = sample_functions(model, [-2.0, 0.0, 1.0, 3.0, 4.0], [1.0, 0.5, -1.0, 2.0, 0.0],
-                         n_samples=6, seed=5)
-    c = sample_functions(model, [-2.0, 0.0, 1.0, 3.0, 4.0], [1.0, 0.5, -1.0, 2.0, 0.0],
-                         n_samples=6, seed=6)
+    b = sample_functions(
+        model, [-2.0, 0.0, 1.0, 3.0, 4.0], [1.0, 0.5, -1.0, 2.0, 0.0], n_samples=6, seed=5
+    )
+    c = sample_functions(
+        model, [-2.0, 0.0, 1.0, 3.0, 4.0], [1.0, 0.5, -1.0, 2.0, 0.0], n_samples=6, seed=6
+    )
     assert a.before.shape == a.after.shape == (6, 200) and a.grid.shape == (200,)
     assert a.support_losses.shape == (SMALL.inner_unroll_length + 1, 6)
     assert torch.equal(a.after, b.after) and torch.equal(a.before, b.before)
@@ -116,8 +126,9 @@ def test_deterministic_mode_uses_the_means():
 
 
 def test_inner_gradient_matches_finite_differences():
-    model = make_model(RegressionConfig(inner_unroll_length=1, deterministic=True),
-                       dtype=torch.float64)
+    model = make_model(
+        RegressionConfig(inner_unroll_length=1, deterministic=True), dtype=torch.float64
+    )
     batch = sample_tasks(2, seed=3, dtype=torch.float64)
     x, y = batch.support_x, batch.support_y
     z = torch.randn(2, 16, dtype=torch.float64, requires_grad=True)
@@ -143,8 +154,9 @@ def test_inner_gradient_matches_finite_differences():
 def test_inner_step_is_differentiable_with_sampling():
     """gradcheck (float64) of z -> z' through a sampled inner step, noise fixed by a seed:
     the second-order terms the meta-gradient needs are right."""
-    model = make_model(RegressionConfig(inner_unroll_length=1, inner_grad_norm=0.0),
-                       dtype=torch.float64)
+    model = make_model(
+        RegressionConfig(inner_unroll_length=1, inner_grad_norm=0.0), dtype=torch.float64
+    )
     batch = sample_tasks(2, seed=4, dtype=torch.float64)
 
     def step(z):
@@ -183,8 +195,10 @@ def test_short_training_lowers_query_mse():
 
 
 def test_training_is_reproducible_under_its_seed():
-    runs = [train_regression(SMALL, steps=3, batch_size=4, seed=s, progress=False).model
-            for s in (5, 5, 6)]
+    runs = [
+        train_regression(SMALL, steps=3, batch_size=4, seed=s, progress=False).model
+        for s in (5, 5, 6)
+    ]
     a, b, c = (dict(m.named_parameters()) for m in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["g_d.0.weight"], c["g_d.0.weight"])
@@ -194,8 +208,7 @@ def test_closer_to_line():
     grid = torch.linspace(-5, 5, 101)
     lines = torch.stack([2 * grid - 1, -0.5 * grid + 3])
     sines = torch.stack([3 * torch.sin(grid - 1), 0.5 * torch.sin(grid)])
-    assert closer_to_line(torch.cat([lines, sines]), grid).tolist() == [True, True, False,
-                                                                        False]
+    assert closer_to_line(torch.cat([lines, sines]), grid).tolist() == [True, True, False, False]
 
 
 def test_checkpoint_round_trip_and_damaged_files(tmp_path):

@@ -27,37 +27,58 @@ def _types(nb: nbformat.NotebookNode) -> list[str | None]:
 
 
 def test_rule_on_a_small_notebook():
-    nb = new_notebook(cells=[
-        new_markdown_cell("# 07 · Title\n\nGoal."),
-        new_code_cell("import torch\nfrom leo_tutorial.viz import setup_notebook; "
-                      "setup_notebook(seed=0)"),
-        new_markdown_cell("## 1. A section"),
-        new_markdown_cell("We compute the logits."),
-        new_code_cell("logits = x @ w"),
-        new_markdown_cell("**What to notice:** the shape is `[B, N, V, N]`."),
-        new_markdown_cell("What to see: the curve.\n\n## 2. The next section\n\nIntro."),
-        new_markdown_cell("### A detail"),
-        new_markdown_cell("```python\n# not a heading\n```\nText, then `#` mid-line."),
-        new_code_cell("setup_notebook(seed=1)  # a second call is ordinary code"),
-        new_markdown_cell("Intro text.\n\n#### A minor heading"),
-    ])
-    assert slide_types(nb) == ["slide", "skip", "slide", "-", "-", "fragment", "slide",
-                               "subslide", "-", "-", "-"]
+    nb = new_notebook(
+        cells=[
+            new_markdown_cell("# 07 · Title\n\nGoal."),
+            new_code_cell(
+                "import torch\nfrom leo_tutorial.viz import setup_notebook; setup_notebook(seed=0)"
+            ),
+            new_markdown_cell("## 1. A section"),
+            new_markdown_cell("We compute the logits."),
+            new_code_cell("logits = x @ w"),
+            new_markdown_cell("**What to notice:** the shape is `[B, N, V, N]`."),
+            new_markdown_cell("What to see: the curve.\n\n## 2. The next section\n\nIntro."),
+            new_markdown_cell("### A detail"),
+            new_markdown_cell("```python\n# not a heading\n```\nText, then `#` mid-line."),
+            new_code_cell("setup_notebook(seed=1)  # a second call is ordinary code"),
+            new_markdown_cell("Intro text.\n\n#### A minor heading"),
+        ]
+    )
+    assert slide_types(nb) == [
+        "slide",
+        "skip",
+        "slide",
+        "-",
+        "-",
+        "fragment",
+        "slide",
+        "subslide",
+        "-",
+        "-",
+        "-",
+    ]
 
 
 def test_split_at_headings_for_decks():
-    nb = new_notebook(cells=[
-        new_markdown_cell("**What to see:** the curve.\n\n## 2. Next\n\nIntro."),
-        new_markdown_cell("## Summary\n\n- a\n\n## Exercises\n\n### Hard\n1. b\n#### Minor"),
-        new_markdown_cell("Text\n```python\n## not a heading\n```"),
-        new_code_cell("## a comment, not markdown\nx = 1"),
-    ])
+    nb = new_notebook(
+        cells=[
+            new_markdown_cell("**What to see:** the curve.\n\n## 2. Next\n\nIntro."),
+            new_markdown_cell("## Summary\n\n- a\n\n## Exercises\n\n### Hard\n1. b\n#### Minor"),
+            new_markdown_cell("Text\n```python\n## not a heading\n```"),
+            new_code_cell("## a comment, not markdown\nx = 1"),
+        ]
+    )
     split = split_at_headings(nb)
     nbformat.validate(split)
     assert [c.source for c in split.cells] == [
-        "**What to see:** the curve.", "## 2. Next\n\nIntro.", "## Summary\n\n- a",
-        "## Exercises", "### Hard\n1. b\n#### Minor", "Text\n```python\n## not a heading\n```",
-        "## a comment, not markdown\nx = 1"]
+        "**What to see:** the curve.",
+        "## 2. Next\n\nIntro.",
+        "## Summary\n\n- a",
+        "## Exercises",
+        "### Hard\n1. b\n#### Minor",
+        "Text\n```python\n## not a heading\n```",
+        "## a comment, not markdown\nx = 1",
+    ]
     assert len({c.id for c in split.cells}) == len(split.cells)
     assert slide_types(split) == ["fragment", "slide", "slide", "slide", "subslide", "-", "-"]
     assert len(nb.cells) == 4  # the input is left alone
@@ -95,7 +116,8 @@ def test_committed_notebooks_carry_the_rules_metadata(path):
     nb = nbformat.read(path, as_version=4)
     assert _types(nb) == slide_types(nb), (
         f"{path.name}: slide metadata missing or stale; re-run "
-        f"python scripts/execute_notebooks.py {path.relative_to(ROOT)}")
+        f"python scripts/execute_notebooks.py {path.relative_to(ROOT)}"
+    )
 
 
 def _sections(html: str) -> int:
@@ -124,8 +146,15 @@ def test_deck_from_nbconvert_follows_the_rule(tmp_path):
 
 def test_build_slides_command(tmp_path):
     path = ROOT / "notebooks" / "02_encoder_relation_net.ipynb"
-    cmd = [sys.executable, str(ROOT / "scripts" / "build_slides.py"), str(path),
-           "--out", str(tmp_path), "--assets", "cdn"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "build_slides.py"),
+        str(path),
+        "--out",
+        str(tmp_path),
+        "--assets",
+        "cdn",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     html = (tmp_path / "02_encoder_relation_net.slides.html").read_text(encoding="utf-8")

@@ -18,11 +18,27 @@ from leo_tutorial.training import (
     train,
 )
 
-SMALL = SyntheticConfig(n_train_classes=20, n_val_classes=8, n_test_classes=8,
-                        images_per_class=40, dim=32, subspace_dim=4, class_scale=1.5)
+SMALL = SyntheticConfig(
+    n_train_classes=20,
+    n_val_classes=8,
+    n_test_classes=8,
+    images_per_class=40,
+    dim=32,
+    subspace_dim=4,
+    class_scale=1.5,
+)
 MODEL = LEOConfig(num_latents=8, outer_lr=3e-3)
-SCHEDULE = TrainConfig(k_shot=1, n_query=5, eval_n_query=10, steps=30, val_every=10,
-                       val_tasks=40, test_tasks=60, eval_batch_size=20, batch_size=6)
+SCHEDULE = TrainConfig(
+    k_shot=1,
+    n_query=5,
+    eval_n_query=10,
+    steps=30,
+    val_every=10,
+    val_tasks=40,
+    test_tasks=60,
+    eval_batch_size=20,
+    batch_size=6,
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +47,15 @@ def bank():
 
 
 def run(bank, out, **changes):
-    return train(MODEL, SCHEDULE.replace(**changes), bank, out, device="cpu", progress=False,
-                 log=lambda message: None)
+    return train(
+        MODEL,
+        SCHEDULE.replace(**changes),
+        bank,
+        out,
+        device="cpu",
+        progress=False,
+        log=lambda message: None,
+    )
 
 
 def test_clipping_is_per_element_then_per_tensor_norm():
@@ -83,8 +106,9 @@ def test_training_is_deterministic_under_a_seed(bank, tmp_path):
     for (name, p), q in zip(a.model.named_parameters(), b.model.parameters(), strict=True):
         assert torch.equal(p, q), name
     assert a.test.accuracy == b.test.accuracy
-    assert not all(torch.equal(p, r) for p, r in zip(a.model.parameters(), c.model.parameters(),
-                                                      strict=True))
+    assert not all(
+        torch.equal(p, r) for p, r in zip(a.model.parameters(), c.model.parameters(), strict=True)
+    )
 
 
 class Interrupt(Exception):
@@ -100,29 +124,52 @@ def test_resume_ends_exactly_where_an_uninterrupted_run_ends(bank, tmp_path, sto
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train(MODEL, SCHEDULE, bank, tmp_path / "cut", device="cpu", progress=False,
-              callback=interrupt, log=lambda m: None)
+        train(
+            MODEL,
+            SCHEDULE,
+            bank,
+            tmp_path / "cut",
+            device="cpu",
+            progress=False,
+            callback=interrupt,
+            log=lambda m: None,
+        )
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == stop_at
     with pytest.raises(UserError, match="--resume"):
         run(bank, tmp_path / "cut")  # an existing run is never overwritten silently
-    resumed = train(MODEL, SCHEDULE, bank, tmp_path / "cut", device="cpu", progress=False,
-                    resume=True, log=lambda m: None)
-    for (name, p), q in zip(full.model.named_parameters(), resumed.model.parameters(),
-                            strict=True):
+    resumed = train(
+        MODEL,
+        SCHEDULE,
+        bank,
+        tmp_path / "cut",
+        device="cpu",
+        progress=False,
+        resume=True,
+        log=lambda m: None,
+    )
+    for (name, p), q in zip(full.model.named_parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(p, q), name
     assert resumed.test.accuracy == full.test.accuracy
     assert resumed.history["val"] == full.history["val"]
     last = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     for key, value in torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)[
-            "model"].items():
+        "model"
+    ].items():
         assert torch.equal(value, last["model"][key])
 
 
 def test_resume_refuses_different_settings(bank, tmp_path):
     run(bank, tmp_path / "r", steps=10)
     with pytest.raises(UserError, match="k_shot"):
-        train(MODEL, SCHEDULE.replace(steps=10, k_shot=2), bank, tmp_path / "r", resume=True,
-              progress=False, device="cpu")
+        train(
+            MODEL,
+            SCHEDULE.replace(steps=10, k_shot=2),
+            bank,
+            tmp_path / "r",
+            resume=True,
+            progress=False,
+            device="cpu",
+        )
 
 
 def test_evaluate_is_deterministic_with_a_correct_ci(bank):

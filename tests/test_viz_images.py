@@ -29,12 +29,19 @@ def test_show_classes_draws_one_row_per_class_grouped_by_split():
 
 def test_show_episode_marks_predictions_from_sampled_rows():
     split = image_split()
-    features = FeatureSplit(split.images.reshape(len(split.images), -1).astype(np.float32),
-                            split.labels, split.class_names)
+    features = FeatureSplit(
+        split.images.reshape(len(split.images), -1).astype(np.float32),
+        split.labels,
+        split.class_names,
+    )
     classes, rows = EpisodeSampler(features, 3, 1, 4).sample_indices(1, seed=0)
     predictions = np.array([[0, 1, 0, 0], [1, 1, 1, 2], [2, 2, 2, 2]])
-    fig = show_episode(split.images[rows[0]], k_shot=1, predictions=predictions,
-                       class_names=[split.class_names[c] for c in classes[0]])
+    fig = show_episode(
+        split.images[rows[0]],
+        k_shot=1,
+        predictions=predictions,
+        class_names=[split.class_names[c] for c in classes[0]],
+    )
     assert len(fig.axes) == 3 * 5
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0] == "support, label 0" and titles[2] == "label 0, pred 1"

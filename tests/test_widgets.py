@@ -14,8 +14,15 @@ from leo_tutorial.training import train  # noqa: E402
 from leo_tutorial.viz import figure_png  # noqa: E402
 from leo_tutorial.widgets import LatentExplorer  # noqa: E402
 
-SMALL = SyntheticConfig(n_train_classes=12, n_val_classes=8, n_test_classes=8,
-                        images_per_class=20, dim=16, subspace_dim=4, class_scale=1.5)
+SMALL = SyntheticConfig(
+    n_train_classes=12,
+    n_val_classes=8,
+    n_test_classes=8,
+    images_per_class=20,
+    dim=16,
+    subspace_dim=4,
+    class_scale=1.5,
+)
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -46,8 +53,9 @@ def test_explorer_slider_and_button_step_the_inner_loop(explorer):
     assert explorer.result["step"] == 2
     assert explorer.result["support_loss"] == pytest.approx(reference.support_loss[2])
     assert explorer.result["query_accuracy"] == pytest.approx(reference.query_accuracy[2])
-    np.testing.assert_array_equal(explorer.result["predictions"],
-                                  reference.query_probs[2].argmax(-1))
+    np.testing.assert_array_equal(
+        explorer.result["predictions"], reference.query_probs[2].argmax(-1)
+    )
     before = explorer.image.value
     explorer.next_step.click()
     assert explorer.result["step"] == explorer.step.value == 3
@@ -82,11 +90,27 @@ def test_figure_png():
 
 def test_live_curves_redraw_after_every_validation(bank, tmp_path, capsys):
     curves = viz.LiveTrainingCurves(total_steps=20)
-    schedule = TrainConfig(n_way=4, n_query=5, eval_n_query=5, steps=20, val_every=5,
-                           val_tasks=10, test_tasks=10, batch_size=4)
-    result = train(LEOConfig(num_latents=6, outer_lr=3e-3), schedule, bank, tmp_path / "run",
-                   device="cpu", progress=False, test=False, callback=curves,
-                   log=lambda message: None)
+    schedule = TrainConfig(
+        n_way=4,
+        n_query=5,
+        eval_n_query=5,
+        steps=20,
+        val_every=5,
+        val_tasks=10,
+        test_tasks=10,
+        batch_size=4,
+    )
+    result = train(
+        LEOConfig(num_latents=6, outer_lr=3e-3),
+        schedule,
+        bank,
+        tmp_path / "run",
+        device="cpu",
+        progress=False,
+        test=False,
+        callback=curves,
+        log=lambda message: None,
+    )
     assert curves.frames == len(result.history["val"]) == 5
     axes = viz.plot_training_curves(result.history, best_step=result.best_step)
     assert [ax.get_xlabel() for ax in axes] == ["meta-training step"] * 2

@@ -38,8 +38,9 @@ def test_moving_a_slider_updates_the_samples(model):
     assert explorer.result["y"][2] == 5.0
     after = explorer.result["samples"].after
     assert not torch.allclose(before, after)
-    torch.testing.assert_close(after, sample_functions(model, XS, [1.0, -1.0, 5.0, 2.0, -0.5],
-                                                       n_samples=4, seed=3).after)
+    torch.testing.assert_close(
+        after, sample_functions(model, XS, [1.0, -1.0, 5.0, 2.0, -0.5], n_samples=4, seed=3).after
+    )
     explorer.xs[0].value = -4.5
     assert explorer.result["x"][0] == -4.5
 

@@ -214,16 +214,20 @@ class GlyphConfig:
         if self.samples_per_class < 1 or self.image_size < 8:
             raise UserError("GlyphConfig needs samples_per_class >= 1 and image_size >= 8")
         if not (0.0 < self.lookalike_threshold <= 1.0 and 0.0 < self.shape_threshold <= 1.0):
-            raise UserError("lookalike_threshold and shape_threshold are IoUs: choose them in "
-                            "(0, 1]")
+            raise UserError(
+                "lookalike_threshold and shape_threshold are IoUs: choose them in (0, 1]"
+            )
         known = {b.name for b in GLYPH_BLOCKS}
         unknown = sorted(set(self.blocks or ()) - known)
         if unknown:
-            raise UserError(f"unknown glyph blocks {unknown}; choose from GLYPH_BLOCKS, e.g. "
-                            f"'Basic Latin', 'Greek and Coptic', 'Arrows'")
+            raise UserError(
+                f"unknown glyph blocks {unknown}; choose from GLYPH_BLOCKS, e.g. "
+                f"'Basic Latin', 'Greek and Coptic', 'Arrows'"
+            )
 
 
 # --- fonts and rendering of base bitmaps -------------------------------------------------------
+
 
 def font_path(file: str) -> Path:
     """Where matplotlib keeps the font ``file``."""
@@ -272,7 +276,7 @@ def render_base(file: str, chars: Sequence[str], canvas: int, fit: bool = False)
         rows, cols = np.flatnonzero(img.max(1)), np.flatnonzero(img.max(0))
         if len(rows) == 0:
             continue
-        crop = img[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        crop = img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         glyph = font.load_char(ord(ch))
         scale = box / RENDER_PX
         h, w = crop.shape[0] * scale, crop.shape[1] * scale
@@ -287,10 +291,14 @@ def render_base(file: str, chars: Sequence[str], canvas: int, fit: bool = False)
             left = min(max(left, margin), margin + box - w)
         hi, wi = max(1, round(h)), max(1, round(w))
         ti, li = round(top), round(left)
-        fitted = F.interpolate(torch.from_numpy(crop.astype(np.float32))[None, None],
-                               size=(hi, wi), mode="bilinear", antialias=True,
-                               align_corners=False)[0, 0]
-        out[i, ti:ti + hi, li:li + wi] = fitted.round().clamp(0, 255).to(torch.uint8).numpy()
+        fitted = F.interpolate(
+            torch.from_numpy(crop.astype(np.float32))[None, None],
+            size=(hi, wi),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )[0, 0]
+        out[i, ti : ti + hi, li : li + wi] = fitted.round().clamp(0, 255).to(torch.uint8).numpy()
     return out
 
 
@@ -315,6 +323,7 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # --- choosing the classes ------------------------------------------------------------------------
 
+
 class _Candidate(NamedTuple):
     char: str
     block: Block
@@ -323,8 +332,11 @@ class _Candidate(NamedTuple):
 
 def _is_atomic_symbol(ch: str) -> bool:
     """A letter, digit, symbol or punctuation character without a Unicode decomposition."""
-    return (unicodedata.category(ch)[0] in "LNSP" and not unicodedata.decomposition(ch)
-            and not ch.isspace())
+    return (
+        unicodedata.category(ch)[0] in "LNSP"
+        and not unicodedata.decomposition(ch)
+        and not ch.isspace()
+    )
 
 
 def _candidates(blocks: Sequence[Block], min_fonts: int) -> list[_Candidate]:
@@ -353,8 +365,7 @@ def _reference_bitmaps(cands: Sequence[_Candidate], fit: bool = False) -> np.nda
     return out
 
 
-def _drop_lookalikes(chars: Sequence[str], tests: Sequence[tuple[np.ndarray, float]]
-                     ) -> list[int]:
+def _drop_lookalikes(chars: Sequence[str], tests: Sequence[tuple[np.ndarray, float]]) -> list[int]:
     """Greedy look-alike filter: indices (in order) of the kept characters. ``tests`` are pairs
     of masks ``[n, D]`` and an IoU threshold; ``i`` is kept iff no kept ``j < i`` has an IoU
     above the threshold with it in any test, or shares a :data:`CONFUSABLES` group with it."""
@@ -362,7 +373,7 @@ def _drop_lookalikes(chars: Sequence[str], tests: Sequence[tuple[np.ndarray, flo
     earlier: list[list[int]] = [[] for _ in range(n)]
     for masks, threshold in tests:
         for start in range(0, n, 1024):  # the n x n IoU matrix, 1024 rows at a time
-            iou = mask_iou(masks[start:start + 1024], masks)
+            iou = mask_iou(masks[start : start + 1024], masks)
             for r, j in zip(*np.nonzero(iou > threshold), strict=True):
                 if j < start + r:
                     earlier[start + r].append(int(j))
@@ -388,14 +399,21 @@ def _blocks_of(config: GlyphConfig) -> list[Block]:
 
 
 @lru_cache(maxsize=8)
-def _selected(blocks: tuple[Block, ...], min_fonts: int, threshold: float,
-              shape_threshold: float, max_per_block: int | None) -> tuple[_Candidate, ...]:
+def _selected(
+    blocks: tuple[Block, ...],
+    min_fonts: int,
+    threshold: float,
+    shape_threshold: float,
+    max_per_block: int | None,
+) -> tuple[_Candidate, ...]:
     cands = _candidates(blocks, min_fonts)
     bitmaps = _reference_bitmaps(cands)
     has_ink = bitmaps.reshape(len(cands), -1).max(1) > 0
     cands = [c for c, ok in zip(cands, has_ink, strict=True) if ok]
-    tests = [(lookalike_masks(bitmaps[has_ink]), threshold),
-             (lookalike_masks(_reference_bitmaps(cands, fit=True), dilate=1), shape_threshold)]
+    tests = [
+        (lookalike_masks(bitmaps[has_ink]), threshold),
+        (lookalike_masks(_reference_bitmaps(cands, fit=True), dilate=1), shape_threshold),
+    ]
     kept = [cands[i] for i in _drop_lookalikes([c.char for c in cands], tests)]
     if max_per_block is not None:
         count: dict[str, int] = {}
@@ -409,8 +427,13 @@ def _selected(blocks: tuple[Block, ...], min_fonts: int, threshold: float,
 
 
 def _selection(config: GlyphConfig) -> tuple[_Candidate, ...]:
-    return _selected(tuple(_blocks_of(config)), config.min_fonts, config.lookalike_threshold,
-                     config.shape_threshold, config.max_classes_per_block)
+    return _selected(
+        tuple(_blocks_of(config)),
+        config.min_fonts,
+        config.lookalike_threshold,
+        config.shape_threshold,
+        config.max_classes_per_block,
+    )
 
 
 def glyph_classes(config: GlyphConfig = GlyphConfig()) -> dict[str, list[str]]:
@@ -428,6 +451,7 @@ def class_name(ch: str) -> str:
 
 
 # --- distortion ---------------------------------------------------------------------------------
+
 
 def _random_affines(n: int, config: GlyphConfig, rng: np.random.Generator) -> torch.Tensor:
     """``[n, 2, 3]`` matrices for ``affine_grid``: output -> input coordinates in [-1, 1] of the
@@ -489,13 +513,15 @@ def distort(base: np.ndarray, config: GlyphConfig, rng: np.random.Generator) -> 
     lo, hi = config.stroke_steps
     steps = torch.from_numpy(rng.integers(lo, hi + 1, n))
     x = torch.from_numpy(base).float()[:, None] / 255.0
-    x = F.grid_sample(x, _sample_grid(theta, size), mode="bilinear", padding_mode="zeros",
-                      align_corners=False)
+    x = F.grid_sample(
+        x, _sample_grid(theta, size), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     x = F.avg_pool2d(_change_strokes(x, steps), 2)
     return (x[:, 0] * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 # --- the dataset and its cache ------------------------------------------------------------------
+
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/leo-tutorial``, or ``~/.cache/leo-tutorial``."""
@@ -503,13 +529,20 @@ def default_cache_dir() -> Path:
     return Path(root) / "leo-tutorial"
 
 
-def cache_path(config: GlyphConfig = GlyphConfig(), cache_dir: str | os.PathLike | None = None
-               ) -> Path:
+def cache_path(
+    config: GlyphConfig = GlyphConfig(), cache_dir: str | os.PathLike | None = None
+) -> Path:
     """``<cache_dir>/glyphs-v<version>-<hash>.npz``; the hash covers the configuration and the
     matplotlib and Unicode database versions (fonts and character properties come from them)."""
-    key = json.dumps({"config": dataclasses.asdict(config), "version": CACHE_VERSION,
-                      "matplotlib": matplotlib.__version__,
-                      "unicode": unicodedata.unidata_version}, sort_keys=True)
+    key = json.dumps(
+        {
+            "config": dataclasses.asdict(config),
+            "version": CACHE_VERSION,
+            "matplotlib": matplotlib.__version__,
+            "unicode": unicodedata.unidata_version,
+        },
+        sort_keys=True,
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return folder / f"glyphs-v{CACHE_VERSION}-{digest}.npz"
@@ -551,8 +584,11 @@ def _load(path: Path, config: GlyphConfig) -> ImageDataset:
     for name in SPLITS:
         images, labels = arrays[f"{name}_images"], arrays[f"{name}_labels"]
         names = [str(n) for n in arrays[f"{name}_names"]]
-        if (images.dtype != np.uint8
-                or images.shape != (len(names) * config.samples_per_class, s, s)):
+        if images.dtype != np.uint8 or images.shape != (
+            len(names) * config.samples_per_class,
+            s,
+            s,
+        ):
             raise ValueError(f"{name} images have dtype {images.dtype}, shape {images.shape}")
         splits[name] = ImageSplit(images, labels, names)
     return ImageDataset(splits, name="glyphs")
@@ -584,8 +620,9 @@ def _render(config: GlyphConfig, progress: bool = True) -> ImageDataset:
     which = np.empty(len(selection) * k, dtype=np.int64)
     for i, c in enumerate(selection):
         perm = rng.permutation(len(c.fonts))
-        which[i * k:(i + 1) * k] = [base_index[(i, c.fonts[perm[j % len(perm)]])]
-                                    for j in range(k)]
+        which[i * k : (i + 1) * k] = [
+            base_index[(i, c.fonts[perm[j % len(perm)]])] for j in range(k)
+        ]
     images = np.empty((len(which), config.image_size, config.image_size), dtype=np.uint8)
     for start in range(0, len(which), _CHUNK):
         stop = start + _CHUNK
@@ -598,13 +635,18 @@ def _render(config: GlyphConfig, progress: bool = True) -> ImageDataset:
         classes = np.flatnonzero(split_of == name)
         rows = (classes[:, None] * k + np.arange(k)).ravel()
         labels = np.repeat(np.arange(len(classes)), k)
-        splits[name] = ImageSplit(images[rows], labels,
-                                  [class_name(selection[i].char) for i in classes])
+        splits[name] = ImageSplit(
+            images[rows], labels, [class_name(selection[i].char) for i in classes]
+        )
     return ImageDataset(splits, name="glyphs")
 
 
-def render_glyphs(config: GlyphConfig = GlyphConfig(), cache_dir: str | os.PathLike | None = None,
-                  log: Callable[[str], None] = print, progress: bool = True) -> ImageDataset:
+def render_glyphs(
+    config: GlyphConfig = GlyphConfig(),
+    cache_dir: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> ImageDataset:
     """The glyph dataset for ``config``: read from the cache, or rendered and cached.
 
     A damaged cache file (truncated, not an npz, wrong checksum or shapes) is reported with one

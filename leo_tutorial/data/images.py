@@ -27,15 +27,18 @@ class ImageSplit:
         self.images = np.asarray(self.images)
         self.labels = np.asarray(self.labels, dtype=np.int64)
         if self.images.ndim != 3 or self.images.dtype != np.uint8:
-            raise UserError(f"images must be a uint8 array [n, H, W], got {self.images.dtype} "
-                            f"{self.images.shape}")
+            raise UserError(
+                f"images must be a uint8 array [n, H, W], got {self.images.dtype} "
+                f"{self.images.shape}"
+            )
         if self.labels.shape != (len(self.images),):
             raise UserError(f"{len(self.images)} images but labels of shape {self.labels.shape}")
         n = len(self.class_names)
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= n):
             raise UserError(f"labels must lie in 0..{n - 1} (one per class name)")
-        if len(set(self.class_names)) != n or (n and np.bincount(self.labels, minlength=n).min()
-                                                 == 0):
+        if len(set(self.class_names)) != n or (
+            n and np.bincount(self.labels, minlength=n).min() == 0
+        ):
             raise UserError("class names must be distinct and every class needs an image")
 
     @property
@@ -47,8 +50,10 @@ class ImageSplit:
         return self.images.shape[1], self.images.shape[2]
 
     def __repr__(self) -> str:
-        return (f"ImageSplit(n_images={len(self.images)}, n_classes={self.n_classes}, "
-                f"image_shape={self.image_shape})")
+        return (
+            f"ImageSplit(n_images={len(self.images)}, n_classes={self.n_classes}, "
+            f"image_shape={self.image_shape})"
+        )
 
 
 @dataclass

@@ -36,8 +36,10 @@ def leo_pickle_path(data_dir: str | os.PathLike, dataset: str, crop: str, split:
     exported in the same layout (``leo_tutorial.features.export_leo_pickles``, e.g. glyphs).
     """
     if not dataset or any(c in dataset for c in "/\\") or dataset in (".", ".."):
-        raise UserError(f"dataset {dataset!r} is not a folder name; use one of "
-                        f"{', '.join(DATASETS)} or the name of an exported dataset")
+        raise UserError(
+            f"dataset {dataset!r} is not a folder name; use one of "
+            f"{', '.join(DATASETS)} or the name of an exported dataset"
+        )
     if crop not in CROPS:
         raise UserError(f"unknown embedding crop {crop!r}; use one of {', '.join(CROPS)}")
     if dataset == "tieredImageNet" and crop != "center":

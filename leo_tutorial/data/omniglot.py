@@ -57,15 +57,15 @@ def _visible(path: Path) -> bool:
 
 def _subfolders(folder: Path) -> list[Path]:
     """Visible subfolders of ``folder``, sorted by name (deterministic on every platform)."""
-    return sorted((p for p in folder.iterdir() if p.is_dir() and _visible(p)),
-                  key=lambda p: p.name)
+    return sorted((p for p in folder.iterdir() if p.is_dir() and _visible(p)), key=lambda p: p.name)
 
 
 def _pngs(folder: Path) -> list[Path]:
     """Visible ``*.png`` files of ``folder`` (any case), sorted by name."""
-    return sorted((p for p in folder.iterdir()
-                   if p.is_file() and _visible(p) and p.suffix.lower() == ".png"),
-                  key=lambda p: p.name)
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and _visible(p) and p.suffix.lower() == ".png"),
+        key=lambda p: p.name,
+    )
 
 
 def _split_folder(root: Path, name: str) -> Path:
@@ -75,28 +75,39 @@ def _split_folder(root: Path, name: str) -> Path:
         if (root / f"{name}.zip").is_file():
             raise UserError(f"{root / (name + '.zip')} is not unzipped; unzip it inside {root}")
         if (root / "python" / name).is_dir():
-            raise UserError(f"{root} holds no {name}/ but {root / 'python'} does; "
-                            f"pass {root / 'python'} as the Omniglot folder")
-        raise UserError(f"{root} has no {name}/ folder; unzip {name}.zip from {_SOURCE_URL} "
-                        f"inside it")
+            raise UserError(
+                f"{root} holds no {name}/ but {root / 'python'} does; "
+                f"pass {root / 'python'} as the Omniglot folder"
+            )
+        raise UserError(
+            f"{root} has no {name}/ folder; unzip {name}.zip from {_SOURCE_URL} inside it"
+        )
     alphabets = _subfolders(folder)
     if not alphabets:
-        raise UserError(f"{folder} holds no alphabet folders; unzip {name}.zip from "
-                        f"{_SOURCE_URL} so that {folder}/<alphabet>/<character>/*.png exist")
+        raise UserError(
+            f"{folder} holds no alphabet folders; unzip {name}.zip from "
+            f"{_SOURCE_URL} so that {folder}/<alphabet>/<character>/*.png exist"
+        )
     if [a.name for a in alphabets] == [name]:
-        raise UserError(f"{folder} was unzipped one level too deep; move the alphabet folders "
-                        f"of {folder / name} up into {folder}")
+        raise UserError(
+            f"{folder} was unzipped one level too deep; move the alphabet folders "
+            f"of {folder / name} up into {folder}"
+        )
     return folder
 
 
 def _check_root(root: str | Path) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise UserError(f"Omniglot folder {root} does not exist; pass the folder that holds "
-                        f"{BACKGROUND}/ and {EVALUATION}/ (from {_SOURCE_URL})")
+        raise UserError(
+            f"Omniglot folder {root} does not exist; pass the folder that holds "
+            f"{BACKGROUND}/ and {EVALUATION}/ (from {_SOURCE_URL})"
+        )
     if root.name in (BACKGROUND, EVALUATION):
-        raise UserError(f"{root} is one half of Omniglot; pass its parent {root.parent}, "
-                        f"which should hold both {BACKGROUND}/ and {EVALUATION}/")
+        raise UserError(
+            f"{root} is one half of Omniglot; pass its parent {root.parent}, "
+            f"which should hold both {BACKGROUND}/ and {EVALUATION}/"
+        )
     return root
 
 
@@ -110,12 +121,16 @@ def omniglot_alphabet_split(root: str | Path) -> dict[str, list[str]]:
     background = [a.name for a in _subfolders(_split_folder(root, BACKGROUND))]
     evaluation = [a.name for a in _subfolders(_split_folder(root, EVALUATION))]
     if len(evaluation) < 2:
-        raise UserError(f"{root / EVALUATION} needs at least 2 alphabets (one for meta-val, one "
-                        f"for meta-test) but holds {len(evaluation)}; restore the full folder")
+        raise UserError(
+            f"{root / EVALUATION} needs at least 2 alphabets (one for meta-val, one "
+            f"for meta-test) but holds {len(evaluation)}; restore the full folder"
+        )
     shared = sorted(set(background) & set(evaluation))
     if shared:
-        raise UserError(f"alphabet {shared[0]!r} is in both {BACKGROUND}/ and {EVALUATION}/; "
-                        f"keep it in only one of them")
+        raise UserError(
+            f"alphabet {shared[0]!r} is in both {BACKGROUND}/ and {EVALUATION}/; "
+            f"keep it in only one of them"
+        )
     half = len(evaluation) // 2
     return {"train": background, "val": evaluation[:half], "test": evaluation[half:]}
 
@@ -128,8 +143,10 @@ def load_omniglot_image(path: str | Path, image_size: int) -> np.ndarray:
             im.load()
             gray = _grayscale(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise UserError(f"cannot read image {path} ({type(err).__name__}: {err}); "
-                        f"replace it with the original file or delete it") from err
+        raise UserError(
+            f"cannot read image {path} ({type(err).__name__}: {err}); "
+            f"replace it with the original file or delete it"
+        ) from err
     ink = Image.fromarray(255 - gray)
     if ink.size != (image_size, image_size):
         ink = ink.resize((image_size, image_size), Image.Resampling.LANCZOS)
@@ -139,8 +156,9 @@ def load_omniglot_image(path: str | Path, image_size: int) -> np.ndarray:
 def _grayscale(im: Image.Image) -> np.ndarray:
     """Any PNG mode -> ``[H, W]`` uint8 grayscale, 0 = black, 255 = white (alpha on white)."""
     if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grayscale PNG
-        return np.round(np.asarray(im, dtype=np.float64) * (255 / 65535)).clip(0, 255).astype(
-            np.uint8)
+        return (
+            np.round(np.asarray(im, dtype=np.float64) * (255 / 65535)).clip(0, 255).astype(np.uint8)
+        )
     if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
         rgba = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
@@ -153,19 +171,28 @@ def _characters(root: Path, folder: str, alphabets: list[str]) -> list[tuple[str
     for alphabet in alphabets:
         characters = _subfolders(root / folder / alphabet)
         if not characters:
-            raise UserError(f"alphabet folder {root / folder / alphabet} holds no character "
-                            f"folders; restore its characters or delete it")
+            raise UserError(
+                f"alphabet folder {root / folder / alphabet} holds no character "
+                f"folders; restore its characters or delete it"
+            )
         for character in characters:
             drawings = _pngs(character)
             if not drawings:
-                raise UserError(f"character folder {character} holds no PNG images; restore "
-                                f"its drawings or delete it")
+                raise UserError(
+                    f"character folder {character} holds no PNG images; restore "
+                    f"its drawings or delete it"
+                )
             out.append((f"{alphabet}/{character.name}", drawings))
     return out
 
 
-def read_omniglot(root: str | Path, image_size: int = 28, rotations: bool = False,
-                  log: Callable[[str], None] = print, progress: bool = True) -> ImageDataset:
+def read_omniglot(
+    root: str | Path,
+    image_size: int = 28,
+    rotations: bool = False,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> ImageDataset:
     """Read an Omniglot folder into train / val / test :class:`ImageSplit` s.
 
     root: the folder holding ``images_background/`` and ``images_evaluation/``.
@@ -195,14 +222,16 @@ def read_omniglot(root: str | Path, image_size: int = 28, rotations: bool = Fals
             base = np.stack([load_omniglot_image(p, image_size) for p in drawings])
             bar.update(len(drawings))
             for angle in angles:
-                images[i:i + len(base)] = np.rot90(base, k=angle // 90, axes=(1, 2))
-                labels[i:i + len(base)] = len(names)
+                images[i : i + len(base)] = np.rot90(base, k=angle // 90, axes=(1, 2))
+                labels[i : i + len(base)] = len(names)
                 names.append(name if angle == 0 else f"{name}/rot{angle}")
                 i += len(base)
         splits[split] = ImageSplit(images, labels, names)
     bar.close()
-    counts = ", ".join(f"{s} {len(alphabets[s])} alphabets / {splits[s].n_classes} classes / "
-                       f"{len(splits[s].images)} images" for s in splits)
-    log(f"omniglot: {counts} ({image_size}x{image_size}, "
-        f"rotations {'on' if rotations else 'off'})")
+    counts = ", ".join(
+        f"{s} {len(alphabets[s])} alphabets / {splits[s].n_classes} classes / "
+        f"{len(splits[s].images)} images"
+        for s in splits
+    )
+    log(f"omniglot: {counts} ({image_size}x{image_size}, rotations {'on' if rotations else 'off'})")
     return ImageDataset(splits, name="omniglot")

@@ -43,8 +43,7 @@ class SinusoidConfig:
 
     def __post_init__(self) -> None:
         if self.k_shot < 1 or self.n_query < 1:
-            raise UserError(f"need k_shot >= 1 and n_query >= 1, got {self.k_shot}, "
-                            f"{self.n_query}")
+            raise UserError(f"need k_shot >= 1 and n_query >= 1, got {self.k_shot}, {self.n_query}")
         if not 0.0 <= self.sine_fraction <= 1.0:
             raise UserError(f"sine_fraction must be in [0, 1], got {self.sine_fraction}")
         if not (math.isfinite(self.noise) and self.noise >= 0):
@@ -52,8 +51,9 @@ class SinusoidConfig:
         for name in ("amplitude", "phase", "slope", "intercept", "x_range"):
             low, high = getattr(self, name)
             if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-                raise UserError(f"{name} must be a (low, high) pair with low <= high, "
-                                f"got {(low, high)}")
+                raise UserError(
+                    f"{name} must be a (low, high) pair with low <= high, got {(low, high)}"
+                )
 
 
 def true_function(x: torch.Tensor, is_sine: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -99,25 +99,34 @@ class RegressionBatch:
         dtype of ``support_x``."""
         return true_function(x, self.is_sine, self.params).to(self.support_x.dtype)
 
-    def to(self, device: torch.device | str | None = None,
-           dtype: torch.dtype | None = None) -> RegressionBatch:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> RegressionBatch:
         """Inputs and targets moved/converted (is_sine and params stay as they are)."""
-        move = {name: getattr(self, name).to(device=device, dtype=dtype)
-                for name in ("support_x", "support_y", "query_x", "query_y")}
+        move = {
+            name: getattr(self, name).to(device=device, dtype=dtype)
+            for name in ("support_x", "support_y", "query_x", "query_y")
+        }
         return RegressionBatch(**move, is_sine=self.is_sine, params=self.params)
 
 
-def sample_tasks(batch_size: int, seed: Seed, config: SinusoidConfig = SinusoidConfig(),
-                 dtype: torch.dtype = torch.float32) -> RegressionBatch:
+def sample_tasks(
+    batch_size: int,
+    seed: Seed,
+    config: SinusoidConfig = SinusoidConfig(),
+    dtype: torch.dtype = torch.float32,
+) -> RegressionBatch:
     """``batch_size`` tasks drawn from the sines-and-lines distribution, fixed by ``seed``."""
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     rng = np.random.default_rng(seed)
     c, b, n = config, batch_size, config.k_shot + config.n_query
     is_sine = rng.random(b) < c.sine_fraction
-    params = np.where(is_sine[:, None],
-                      np.stack([rng.uniform(*c.amplitude, b), rng.uniform(*c.phase, b)], 1),
-                      np.stack([rng.uniform(*c.slope, b), rng.uniform(*c.intercept, b)], 1))
+    params = np.where(
+        is_sine[:, None],
+        np.stack([rng.uniform(*c.amplitude, b), rng.uniform(*c.phase, b)], 1),
+        np.stack([rng.uniform(*c.slope, b), rng.uniform(*c.intercept, b)], 1),
+    )
     x = rng.uniform(*c.x_range, (b, n, 1))
     is_sine_t, params_t = torch.from_numpy(is_sine), torch.from_numpy(params)
     y = true_function(torch.from_numpy(x), is_sine_t, params_t).numpy()

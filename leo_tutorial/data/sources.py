@@ -31,20 +31,34 @@ def synthetic_spec(config: SyntheticConfig | None = None) -> dict[str, Any]:
     return {"source": "synthetic", "synthetic": dataclasses.asdict(config or SyntheticConfig())}
 
 
-def leo_pickles_spec(data_dir: str | os.PathLike, dataset: str = "miniImageNet",
-                     crop: str = "center", train_on_val: bool = False) -> dict[str, Any]:
-    return {"source": "leo-pickles", "data_dir": str(Path(data_dir).expanduser().resolve()),
-            "dataset": dataset, "crop": crop, "train_on_val": train_on_val}
+def leo_pickles_spec(
+    data_dir: str | os.PathLike,
+    dataset: str = "miniImageNet",
+    crop: str = "center",
+    train_on_val: bool = False,
+) -> dict[str, Any]:
+    return {
+        "source": "leo-pickles",
+        "data_dir": str(Path(data_dir).expanduser().resolve()),
+        "dataset": dataset,
+        "crop": crop,
+        "train_on_val": train_on_val,
+    }
 
 
 def glyphs_spec(config: GlyphConfig | None = None) -> dict[str, Any]:
     return {"source": "glyphs", "glyphs": dataclasses.asdict(config or GlyphConfig())}
 
 
-def omniglot_spec(data_dir: str | os.PathLike, image_size: int = 28,
-                  rotations: bool = False) -> dict[str, Any]:
-    return {"source": "omniglot", "data_dir": str(Path(data_dir).expanduser().resolve()),
-            "image_size": image_size, "rotations": rotations}
+def omniglot_spec(
+    data_dir: str | os.PathLike, image_size: int = 28, rotations: bool = False
+) -> dict[str, Any]:
+    return {
+        "source": "omniglot",
+        "data_dir": str(Path(data_dir).expanduser().resolve()),
+        "image_size": image_size,
+        "rotations": rotations,
+    }
 
 
 def _tuples(values: dict[str, Any]) -> dict[str, Any]:
@@ -59,8 +73,12 @@ def backbone_cache_path(dataset: ImageDataset) -> Path:
     return default_cache_dir() / f"{dataset.name}-convnet4-{digest.hexdigest()[:16]}.pt"
 
 
-def backbone_for(dataset: ImageDataset, retrain: bool = False, epochs: int = 6,
-                 log: Callable[[str], None] = print) -> Any:
+def backbone_for(
+    dataset: ImageDataset,
+    retrain: bool = False,
+    epochs: int = 6,
+    log: Callable[[str], None] = print,
+) -> Any:
     """The stage-1 backbone for an image dataset: one trained here before (cached under the
     user's cache directory), else the shipped one (glyphs), else one trained now on the
     meta-train classes and cached. ``retrain`` always trains (and replaces the cached one).
@@ -76,22 +94,31 @@ def backbone_for(dataset: ImageDataset, retrain: bool = False, epochs: int = 6,
     if shipped is not None and shipped.is_file() and not retrain:
         return load_backbone(shipped)[0]
     train = dataset.split("train")
-    log(f"pre-training the stage-1 backbone on {train.n_classes} {dataset.name} meta-train "
-        f"classes ({epochs} epochs)")
+    log(
+        f"pre-training the stage-1 backbone on {train.n_classes} {dataset.name} meta-train "
+        f"classes ({epochs} epochs)"
+    )
     backbone, history = train_backbone(dataset, epochs=epochs, channels=32, log=log)
     save_backbone(path, backbone, history)
     return backbone.eval()
 
 
-def image_dataset(spec: dict[str, Any], log: Callable[[str], None] = print,
-                  progress: bool = True) -> ImageDataset:
+def image_dataset(
+    spec: dict[str, Any], log: Callable[[str], None] = print, progress: bool = True
+) -> ImageDataset:
     """The images behind a ``glyphs`` or ``omniglot`` spec."""
     if spec.get("source") == "glyphs":
-        return render_glyphs(GlyphConfig(**_tuples(spec.get("glyphs", {}))), log=log,
-                             progress=progress)
+        return render_glyphs(
+            GlyphConfig(**_tuples(spec.get("glyphs", {}))), log=log, progress=progress
+        )
     if spec.get("source") == "omniglot":
-        return read_omniglot(spec["data_dir"], spec.get("image_size", 28),
-                             spec.get("rotations", False), log=log, progress=progress)
+        return read_omniglot(
+            spec["data_dir"],
+            spec.get("image_size", 28),
+            spec.get("rotations", False),
+            log=log,
+            progress=progress,
+        )
     raise UserError(f"{spec.get('source')!r} is not an image source; use glyphs or omniglot")
 
 
@@ -107,16 +134,18 @@ def _synthetic(config: SyntheticConfig) -> FeatureBank:
     return make_synthetic_bank(config)
 
 
-def load_bank(spec: dict[str, Any], log: Callable[[str], None] = print,
-              progress: bool = True) -> FeatureBank:
+def load_bank(
+    spec: dict[str, Any], log: Callable[[str], None] = print, progress: bool = True
+) -> FeatureBank:
     """The feature bank a spec names (see the ``*_spec`` functions). Image sources are embedded
     by their stage-1 backbone (:func:`image_bank`)."""
     source = spec.get("source")
     if source == "synthetic":
         return _synthetic(SyntheticConfig(**spec.get("synthetic", {})))
     if source == "leo-pickles":
-        return load_leo_pickles(spec["data_dir"], spec["dataset"], spec["crop"],
-                                spec.get("train_on_val", False))
+        return load_leo_pickles(
+            spec["data_dir"], spec["dataset"], spec["crop"], spec.get("train_on_val", False)
+        )
     if source in ("glyphs", "omniglot"):
         return image_bank(image_dataset(spec, log, progress), log=log)
     raise UserError(f"unknown data source {source!r}; choose one of: {', '.join(SOURCES)}")
