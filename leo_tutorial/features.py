@@ -21,11 +21,14 @@ the meta-test classes is then 97.2 % on the embeddings vs 52.7 % on raw pixels.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,7 @@ from leo_tutorial.data.bank import SPLIT_NAMES, FeatureBank, FeatureSplit
 from leo_tutorial.data.images import ImageDataset
 from leo_tutorial.data.leo_pickles import make_leo_key, read_leo_split, write_leo_pickle
 from leo_tutorial.errors import UserError
-from leo_tutorial.io import atomic_torch_save, atomic_write_json
+from leo_tutorial.io import atomic_torch_save, atomic_write, atomic_write_json
 
 BACKBONE_FORMAT = "leo-tutorial/convnet4"
 BACKBONE_VERSION = 1
@@ -139,6 +142,7 @@ def train_backbone(
     lr: float = 1e-2,
     weight_decay: float = 5e-4,
     max_shift: int = 2,
+    classes: int | None = None,
     seed: int = 0,
     device: str | torch.device = "auto",
     progress: bool = True,
@@ -153,35 +157,57 @@ def train_backbone(
     (head dropped) and a plain-data history: ``epochs`` (per epoch ``loss``, ``accuracy`` on the
     augmented training batches, ``seconds``), ``classes``, ``image_size``, ``dataset``, ``seed``,
     ready to be passed to :func:`save_backbone` as metadata.
+
+    Two knobs lower the quality of the features on purpose (the feature-quality study,
+    ``benchmarks/bench_feature_quality.py``): ``classes`` pre-trains on that many meta-train
+    classes only (a random subset drawn with ``seed``; ``None`` = all of them), and
+    ``epochs=0`` returns the randomly initialised backbone untrained (its BatchNorm layers then
+    hold their initial statistics, mean 0 and variance 1, so they pass activations through).
     """
     from leo_tutorial.training import resolve_device
 
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise UserError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise UserError(f"epochs must be an integer >= 0 (0 = untrained), got {epochs!r}")
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     device = resolve_device(device)
     split = dataset.split("train")
     images_np = _check_images(split.images, 4)
+    labels_np, class_names = split.labels, list(split.class_names)
+    if classes is not None:
+        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
+            raise UserError(f"classes must be an integer >= 2 or None (all), got {classes!r}")
+        if classes > split.n_classes:
+            raise UserError(
+                f"classes={classes} but {dataset.name} has {split.n_classes} meta-train classes; "
+                f"choose at most {split.n_classes}"
+            )
+        chosen = np.sort(np.random.default_rng([seed, 1]).permutation(split.n_classes)[:classes])
+        keep = np.isin(labels_np, chosen)
+        images_np = images_np[keep]
+        labels_np = np.searchsorted(chosen, labels_np[keep])  # 0..classes-1
+        class_names = [class_names[c] for c in chosen]
     images = torch.from_numpy(images_np)
-    labels = torch.from_numpy(split.labels)
+    labels = torch.from_numpy(labels_np)
     n = len(images)
 
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left untouched
         torch.manual_seed(seed)
         backbone = ConvNet4(channels=channels).to(device)
-        head = nn.Linear(backbone.embedding_dim(split.image_shape), split.n_classes).to(device)
+        head = nn.Linear(backbone.embedding_dim(split.image_shape), len(class_names)).to(device)
     parameters = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(n / batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, max(1, epochs * steps_per_epoch)
+    )
     generator = torch.Generator().manual_seed(seed)
 
     history: dict[str, Any] = {
         "dataset": dataset.name,
         "seed": seed,
         "image_size": list(split.image_shape),
-        "classes": list(split.class_names),
+        "classes": class_names,
         "epochs": [],
     }
     backbone.train()
@@ -225,7 +251,7 @@ def train_backbone(
             )
     finally:
         bar.close()
-    history["train_accuracy"] = history["epochs"][-1]["accuracy"]
+    history["train_accuracy"] = history["epochs"][-1]["accuracy"] if epochs else None
     return backbone.eval(), history
 
 
@@ -402,3 +428,170 @@ def load_backbone(
         raise UserError(f"{path} does not match its architecture ({first}); {fix}") from None
     meta = saved.get("meta", {})
     return backbone.to(device).eval(), meta if isinstance(meta, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbone recipes: graded feature quality, with cached backbones and embeddings
+
+
+@dataclass(frozen=True)
+class BackboneRecipe:
+    """How a stage-1 backbone is made and which layer embeds: the levers of feature quality.
+
+    ``epochs`` of pre-training (0 = untrained, random weights), on ``classes`` meta-train classes
+    (``None`` = all; a seeded random subset otherwise), a :class:`ConvNet4` of ``channels``,
+    embedding at ``layer`` (``"final"``: C-d; ``"prepool"``: C * 3 * 3-d for 28 x 28 images),
+    initialised and trained with ``seed``. The defaults are the shipped glyph backbone's recipe.
+    """
+
+    epochs: int = 6
+    classes: int | None = None
+    channels: int = 32
+    layer: str = "final"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "channels", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UserError(f"BackboneRecipe {name} must be an integer >= 0, got {value!r}")
+        if self.channels < 1:
+            raise UserError(f"BackboneRecipe channels must be >= 1, got {self.channels}")
+        if self.classes is not None and (
+            isinstance(self.classes, bool) or not isinstance(self.classes, int) or self.classes < 2
+        ):
+            raise UserError(f"BackboneRecipe classes must be >= 2 or None, got {self.classes!r}")
+        if self.layer not in LAYERS:
+            raise UserError(
+                f"unknown embedding layer {self.layer!r}; use one of {', '.join(LAYERS)}"
+            )
+
+    @property
+    def name(self) -> str:
+        """A short label, e.g. ``"untrained-prepool"``, ``"e6-c100-final"``."""
+        trained = "untrained" if self.epochs == 0 else f"e{self.epochs}"
+        classes = "" if self.classes is None or self.epochs == 0 else f"-c{self.classes}"
+        extra = "" if (self.channels, self.seed) == (32, 0) else f"-ch{self.channels}-s{self.seed}"
+        return f"{trained}{classes}{extra}-{self.layer}"
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:16]
+
+
+def _dataset_digest(dataset: ImageDataset, splits: tuple[str, ...]) -> bytes:
+    return b"".join(
+        dataset.split(s).images.tobytes() + "\n".join(dataset.split(s).class_names).encode()
+        for s in splits
+        if s in dataset.splits
+    )
+
+
+def recipe_backbone(
+    dataset: ImageDataset,
+    recipe: BackboneRecipe,
+    cache_dir: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> ConvNet4:
+    """The backbone ``recipe`` makes from ``dataset``'s meta-train split, trained once and cached
+    under the user's cache directory (``<name>-convnet4-<hash>.pt``; the hash covers the
+    meta-train images, class names and the recipe). An untrained recipe is built, not cached."""
+    from leo_tutorial.data.glyphs import default_cache_dir
+
+    if recipe.epochs == 0:
+        return train_backbone(
+            dataset, 0, channels=recipe.channels, seed=recipe.seed, progress=False, log=log
+        )[0]
+    training = dataclasses.replace(recipe, layer="final")  # the layer does not change training
+    key = _digest(_dataset_digest(dataset, ("train",)), repr(training).encode())
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = folder / f"{dataset.name}-convnet4-{key}.pt"
+    if path.is_file():
+        try:
+            return load_backbone(path)[0]
+        except UserError as err:  # damaged: train it again
+            log(f"{err}; training it again")
+    log(f"stage 1: pre-training the backbone {recipe.name} on {dataset.name}")
+    backbone, history = train_backbone(
+        dataset,
+        recipe.epochs,
+        channels=recipe.channels,
+        classes=recipe.classes,
+        seed=recipe.seed,
+        progress=progress,
+        log=log,
+    )
+    try:
+        save_backbone(path, backbone, {**history, "recipe": dataclasses.asdict(recipe)})
+    except OSError as err:  # read-only cache: still usable, just not cached
+        log(f"could not cache the backbone at {path} ({err}); continuing without it")
+    return backbone
+
+
+def _bank_arrays(bank: FeatureBank) -> dict[str, np.ndarray]:
+    arrays = {"name": np.array(bank.name)}
+    for split_name, split in bank.splits.items():
+        arrays[f"{split_name}_embeddings"] = split.embeddings
+        arrays[f"{split_name}_labels"] = split.labels
+        arrays[f"{split_name}_names"] = np.array(split.class_names, dtype=str)
+    return arrays
+
+
+def _arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
+    return _digest(
+        *(k.encode() + np.ascontiguousarray(arrays[k]).tobytes() for k in sorted(arrays))
+    )
+
+
+def recipe_bank(
+    dataset: ImageDataset,
+    recipe: BackboneRecipe,
+    cache_dir: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> FeatureBank:
+    """Every split of ``dataset`` embedded by :func:`recipe_backbone` at ``recipe.layer``: a
+    FeatureBank named ``"<dataset>/<recipe.name>"``, cached under the user's cache directory
+    (``<name>-bank-<hash>.npz``, checked by a checksum; a damaged file is computed again)."""
+    from leo_tutorial.data.glyphs import default_cache_dir
+
+    key = _digest(_dataset_digest(dataset, SPLIT_NAMES), repr(recipe).encode())
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = folder / f"{dataset.name}-bank-{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            if str(arrays.pop("checksum")) != _arrays_checksum(arrays):
+                raise ValueError("checksum mismatch")
+            splits = {
+                s: FeatureSplit(
+                    arrays[f"{s}_embeddings"],
+                    arrays[f"{s}_labels"],
+                    [str(n) for n in arrays[f"{s}_names"]],
+                )
+                for s in SPLIT_NAMES
+                if f"{s}_embeddings" in arrays
+            }
+            return FeatureBank(splits, name=str(arrays["name"]))
+        except Exception as err:  # any unreadable cache is rebuilt, never trusted
+            log(f"embedding cache {path} is damaged ({type(err).__name__}); embedding again")
+    backbone = recipe_backbone(dataset, recipe, cache_dir, log, progress)
+    splits = {
+        s: FeatureSplit(
+            embed(backbone, split.images, layer=recipe.layer), split.labels, split.class_names
+        )
+        for s, split in dataset.splits.items()
+    }
+    bank = FeatureBank(splits, name=f"{dataset.name}/{recipe.name}")
+    arrays = _bank_arrays(bank)
+    arrays["checksum"] = np.array(_arrays_checksum(arrays))
+    try:
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+    except OSError as err:
+        log(f"could not cache the embeddings at {path} ({err}); continuing without them")
+    return bank

@@ -1,6 +1,8 @@
 """Stage 1 (LEO_SPEC §1.3): ConvNet4 pre-training, embeddings, the official pickle export,
 backbone files. Runs on a synthetic dataset of stroke shapes generated here."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from leo_tutorial.data import (
 )
 from leo_tutorial.data.images import ImageDataset, ImageSplit
 from leo_tutorial.features import (
+    BackboneRecipe,
     ConvNet4,
     embed,
     embed_dataset,
@@ -22,6 +25,8 @@ from leo_tutorial.features import (
     load_backbone,
     random_shift,
     read_exported_pickles,
+    recipe_backbone,
+    recipe_bank,
     save_backbone,
     train_backbone,
 )
@@ -237,3 +242,78 @@ def test_prepool_embeddings(trained, shapes):
     bank = embed_dataset(trained[0], shapes, layer="prepool")
     assert isinstance(bank, FeatureBank) and bank.name == "shapes/convnet4-prepool"
     assert bank.dim == 32 * 3 * 3 and (bank.split("val").embeddings >= 0).all()  # after ReLU
+
+
+def test_pretraining_on_a_subset_of_classes_is_seeded_and_checked(shapes):
+    def run(seed):
+        return train_backbone(
+            shapes,
+            epochs=1,
+            channels=8,
+            batch_size=64,
+            classes=4,
+            seed=seed,
+            progress=False,
+            log=lambda m: None,
+        )[1]["classes"]
+
+    names = shapes.split("train").class_names
+    first, again, other = run(0), run(0), run(1)
+    assert len(first) == 4 and set(first) <= set(names) and first == again
+    assert first == [n for n in names if n in first]  # kept in label order
+    assert other != first
+    with pytest.raises(UserError, match="at most 10"):
+        train_backbone(shapes, epochs=1, classes=11, progress=False, log=lambda m: None)
+    with pytest.raises(UserError, match="classes must be an integer >= 2"):
+        train_backbone(shapes, epochs=1, classes=1, progress=False, log=lambda m: None)
+
+
+def test_zero_epochs_is_the_seeded_untrained_backbone(shapes):
+    net, hist = train_backbone(shapes, epochs=0, channels=8, seed=5, progress=False)
+    torch.manual_seed(5)
+    fresh = ConvNet4(channels=8)
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in net.state_dict().items())
+    assert hist["epochs"] == [] and hist["train_accuracy"] is None and not net.training
+    with pytest.raises(UserError, match=">= 0"):
+        train_backbone(shapes, epochs=-1, progress=False)
+
+
+def test_backbone_recipe_names_and_validation():
+    assert BackboneRecipe().name == "e6-final"
+    assert BackboneRecipe(epochs=0, classes=50, layer="prepool").name == "untrained-prepool"
+    assert BackboneRecipe(classes=100, channels=16, seed=2).name == "e6-c100-ch16-s2-final"
+    for bad in (dict(epochs=-1), dict(channels=0), dict(classes=1), dict(layer="conv3")):
+        with pytest.raises(UserError):
+            BackboneRecipe(**bad)
+
+
+def test_recipe_bank_is_cached_and_a_damaged_cache_is_rebuilt(shapes, tmp_path, monkeypatch):
+    recipe = BackboneRecipe(epochs=1, channels=8, layer="prepool")
+    logs: list[str] = []
+    bank = recipe_bank(shapes, recipe, cache_dir=tmp_path, log=logs.append, progress=False)
+    assert bank.name == "shapes/e1-ch8-s0-prepool" and bank.dim == 8 * 3 * 3
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".npz", ".pt"]
+    direct = embed(
+        recipe_backbone(shapes, recipe, tmp_path), shapes.split("val").images, 128, "prepool"
+    )
+    np.testing.assert_array_equal(bank.split("val").embeddings, direct)
+
+    import leo_tutorial.features as features
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached backbone / embeddings were not used")
+
+    monkeypatch.setattr(features, "train_backbone", no_training)
+    again = recipe_bank(shapes, recipe, cache_dir=tmp_path, log=logs.append)
+    for name, split in bank.splits.items():
+        np.testing.assert_array_equal(again.split(name).embeddings, split.embeddings)
+        np.testing.assert_array_equal(again.split(name).labels, split.labels)
+        assert again.split(name).class_names == split.class_names
+    final = recipe_bank(shapes, dataclasses.replace(recipe, layer="final"), cache_dir=tmp_path)
+    assert final.dim == 8  # another layer: embedded again from the cached backbone
+
+    for path in tmp_path.glob("*.npz"):
+        path.write_bytes(path.read_bytes()[:100])  # truncate every embedding cache
+    rebuilt = recipe_bank(shapes, recipe, cache_dir=tmp_path, log=logs.append)
+    np.testing.assert_array_equal(rebuilt.split("test").embeddings, bank.split("test").embeddings)
+    assert any("damaged" in line for line in logs)
