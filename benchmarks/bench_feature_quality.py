@@ -4,9 +4,10 @@ For every stage-1 backbone of :data:`leo_tutorial.feature_quality.LEVELS` (untra
 epochs, fewer classes, full; pre-pool or final layer) this embeds the glyphs (backbones and
 embeddings cached under the user cache directory), measures the feature quality (nearest
 centroid, 5-way 1-shot on meta-val) and, at 5-way 1- and 5-shot, fits nearest centroid, the
-logistic probe, ProtoNet and LEO (model selection on meta-val) and tests them, with LEO at step
-0, on the same meta-test tasks (:func:`leo_tutorial.feature_quality.measure`). Prints one table
-per shot with LEO's paired margins.
+logistic probe, ProtoNet and LEO (its preset, among :data:`CANDIDATES`, and its step chosen on
+meta-val) and tests them, with LEO at step 0, on the same meta-test tasks
+(:func:`leo_tutorial.feature_quality.measure`). Prints one table per shot with LEO's paired
+margins.
 
     python benchmarks/bench_feature_quality.py --save-assets       # the whole study (~1 h)
     python benchmarks/bench_feature_quality.py --levels untrained-prepool --shots 1 --steps 300
@@ -44,7 +45,7 @@ from leo_tutorial.feature_quality import (  # noqa: E402
 )
 from leo_tutorial.features import recipe_bank  # noqa: E402
 
-STUDY_PRESET = "glyphs-study"
+CANDIDATES = ("weak-features", "synthetic")  # LEO's presets, chosen per level and shot on S^val
 STEPS = {1: 3000, 5: 2000}  # meta-training steps of LEO and ProtoNet per shot
 
 
@@ -62,7 +63,9 @@ def main() -> int:
     )
     parser.add_argument("--val-tasks", type=int, default=500)
     parser.add_argument("--test-tasks", type=int, default=1000)
-    parser.add_argument("--preset", choices=tuple(PRESETS), default=STUDY_PRESET)
+    parser.add_argument(
+        "--presets", default=",".join(CANDIDATES), help=f"LEO candidates among {', '.join(PRESETS)}"
+    )
     parser.add_argument("--save-assets", action="store_true")
     parser.add_argument("--figure", default=None, help="also save the figure as this PNG")
     args = parser.parse_args()
@@ -71,12 +74,14 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown levels {sorted(unknown)}; choose from {', '.join(names)}")
     shots = [int(s) for s in args.shots.split(",")]
+    presets = args.presets.split(",")
+    if set(presets) - set(PRESETS):
+        parser.error(f"unknown presets {sorted(set(presets) - set(PRESETS))}")
     torch.set_num_threads(1)
     glyphs = GlyphConfig()
     setting = {
         "glyphs": dataclasses.asdict(glyphs),
-        "preset": args.preset,
-        "leo_config": dataclasses.asdict(preset(args.preset)),
+        "presets": {name: dataclasses.asdict(preset(name)) for name in presets},
         "steps": {str(k): args.steps or STEPS[k] for k in shots},
         "val_tasks": args.val_tasks,
         "test_tasks": args.test_tasks,
@@ -112,7 +117,8 @@ def main() -> int:
         for shot in shots:
             tc = schedule.replace(k_shot=shot, steps=args.steps or STEPS[shot])
             log(f" 5-way {shot}-shot, {tc.steps} steps")
-            entry["shots"][str(shot)] = measure(bank, tc, preset(args.preset), log=log)
+            candidates = {name: preset(name) for name in presets}
+            entry["shots"][str(shot)] = measure(bank, tc, candidates, log=log)
         if args.save_assets:
             save_study(ASSET, study)
     for shot in shots:

@@ -157,6 +157,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Ours, not the paper's: the official defaults with a larger outer learning rate, so that
     # the synthetic benchmark trains in minutes instead of hours (benchmarks/ has the sweep).
     "synthetic": dict(outer_lr=3e-3),
+    # Ours, for glyphs embedded by weak stage-1 backbones (the feature-quality study and its
+    # teaching setting), chosen on meta-val only: untrained pre-pool features, 5-way 1-shot,
+    # 3000 steps, 500 meta-val tasks. outer_lr 3e-3 with dropout 0.1 reached 70.7 % against
+    # 51.3 % (official defaults), 62.2 % (the synthetic preset: dropout 0.5), 66.4 % (dropout
+    # 0.3), 66.6 % (dropout 0: best at step 1250, then over-fits) and 68.6 % (outer_lr 1e-3);
+    # kl_weight 0 gave 71.0 %, within the noise, so the paper's beta stays
+    # (benchmarks/bench_feature_quality.py keeps the log).
+    "weak-features": dict(outer_lr=3e-3, dropout_rate=0.1),
 }
 
 

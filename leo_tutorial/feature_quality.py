@@ -25,7 +25,7 @@ centroid's 5-way 1-shot accuracy on S^val tasks.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +46,21 @@ ASSET = Path(__file__).resolve().parent / "assets" / "feature_quality.json"
 METHODS: tuple[str, ...] = ("nearest-centroid", "logreg", "protonet", "LEO")
 STEP0 = "LEO step 0"  # LEO untrained: the initialisation meta-training starts from
 
-# Stage-1 backbones of graded quality, weakest first; (lever, recipe). Pre-pool features
-# (288-d) unless the lever is the layer.
+# Stage-1 backbones of graded quality, roughly weakest first: (lever, recipe). Pre-pool features
+# (32 x 3 x 3 = 288-d) unless the lever is the layer ("final": 32-d). "fewer classes" keeps the
+# full run's 528 Adam steps (6 epochs of all 1 117 meta-train classes) on 5 / 10 / 30 classes.
+# Nearest centroid, 5-way 1-shot on meta-val (500 tasks), measured while choosing them:
+# untrained final 48.3 %, untrained pre-pool 56.6 %, 2 classes 58.9 %, 1 epoch 62.9 %,
+# 5 classes 76.1 %, 2 epochs 80.1 %, 10 classes 81.4 %, 30 classes 89.6 %, 6 epochs 93.7 %
+# (pre-pool) and 94.9 % (final: the shipped glyph backbone's recipe).
 LEVELS: tuple[tuple[str, BackboneRecipe], ...] = (
     ("untrained", BackboneRecipe(epochs=0, layer="final")),
     ("untrained", BackboneRecipe(epochs=0, layer="prepool")),
     ("fewer epochs", BackboneRecipe(epochs=1, layer="prepool")),
+    ("fewer classes", BackboneRecipe(epochs=528, classes=5, layer="prepool")),
     ("fewer epochs", BackboneRecipe(epochs=2, layer="prepool")),
     ("fewer classes", BackboneRecipe(epochs=528, classes=10, layer="prepool")),
+    ("fewer classes", BackboneRecipe(epochs=176, classes=30, layer="prepool")),
     ("full", BackboneRecipe(epochs=6, layer="prepool")),
     ("full", BackboneRecipe(epochs=6, layer="final")),
 )
@@ -86,7 +93,7 @@ def feature_quality(bank: FeatureBank, train_config: TrainConfig | None = None) 
 def measure(
     bank: FeatureBank,
     train_config: TrainConfig,
-    leo_config: LEOConfig,
+    leo_configs: LEOConfig | Mapping[str, LEOConfig],
     *,
     baseline_config: BaselineConfig | None = None,
     device: str | torch.device = "cpu",
@@ -94,15 +101,24 @@ def measure(
 ) -> dict[str, Any]:
     """Every method of :data:`METHODS` and :data:`STEP0` on the same ``test_tasks`` S^test tasks.
 
-    Returns plain data: ``methods`` (per method ``accuracy``, ``ci95`` on S^test, ``val_accuracy``
-    of the selected model, ``best_step``, ``seconds``, and what ``fit`` chose, e.g. ``probe_c``),
+    ``leo_configs``: one LEO config, or named candidates (e.g. presets), each meta-trained; the
+    one with the best S^val accuracy is LEO (``methods["LEO"]["preset"]``, with every
+    candidate's S^val accuracy in ``candidates``); they must share the architecture (LEO at
+    step 0 is built from the first). Returns plain data: ``methods`` (per method
+    ``accuracy``, ``ci95`` on S^test, ``val_accuracy`` of the selected model, ``best_step``,
+    ``seconds``, and what ``fit`` chose, e.g. ``probe_c``),
     ``margins`` (per method other than LEO: ``[mean, ci95]`` of LEO's per-task accuracy minus
     its own, paired), and ``val_gain``: LEO's S^val accuracy at the selected step minus at step 0.
     """
     tc = train_config
     device = resolve_device(device)
+    if isinstance(leo_configs, LEOConfig):
+        leo_configs = {"given": leo_configs}
+    if not leo_configs:
+        raise UserError("measure needs at least one LEO config")
+    first = next(iter(leo_configs.values()))
     baseline_config = baseline_config or BaselineConfig(
-        inner_unroll_length=leo_config.inner_unroll_length
+        inner_unroll_length=first.inner_unroll_length
     )
 
     def run(model: torch.nn.Module, split: str, seed: list[int], tasks: int):  # noqa: ANN202
@@ -126,12 +142,24 @@ def measure(
         if name == STEP0:  # the same initialisation fit() starts LEO from, not trained
             torch.manual_seed(step_seed(tc.seed, INIT, 0))
             model = build_method(
-                "LEO", leo_config, baseline_config, bank.dim, tc.n_way, torch_dtype(tc.dtype)
+                "LEO", first, baseline_config, bank.dim, tc.n_way, torch_dtype(tc.dtype)
             ).to(device)
             info = {"val_accuracy": run(model, "val", [tc.seed, VAL], tc.val_tasks).accuracy}
             info["best_step"] = 0
+        elif name == "LEO":  # every candidate meta-trained; the best on S^val is kept
+            fitted = {
+                key: fit(name, bank, tc, config, baseline_config, device)
+                for key, config in leo_configs.items()
+            }
+            chosen = max(fitted, key=lambda key: fitted[key][1]["val_accuracy"])
+            model, info = fitted[chosen]
+            info = {
+                **info,
+                "preset": chosen,
+                "candidates": {k: f[1]["val_accuracy"] for k, f in fitted.items()},
+            }
         else:
-            model, info = fit(name, bank, tc, leo_config, baseline_config, device)
+            model, info = fit(name, bank, tc, first, baseline_config, device)
         test = run(model, "test", [tc.seed, TEST], tc.test_tasks)
         per_task[name] = test.per_task
         methods[name] = {
@@ -198,6 +226,7 @@ def study_table(study: dict[str, Any], shot: int) -> list[dict[str, Any]]:
         for name, (mean, ci) in result["margins"].items():
             row[f"LEO - {name}"] = (100 * mean, 100 * ci)
         row["val_gain"] = 100 * result["val_gain"]
+        row["preset"] = result["methods"]["LEO"].get("preset", "")
         rows.append(row)
     return sorted(rows, key=lambda r: r["quality"])
 
@@ -211,7 +240,7 @@ def format_study(study: dict[str, Any], shot: int) -> str:
         "centroid 5-way 1-shot on meta-val (%)",
         f"{'level':<24}{'quality':>8}"
         + "".join(f"{n:>18}" for n in names)
-        + f"{'LEO - NC':>16}{'LEO - step 0':>16}{'val gain':>10}",
+        + f"{'LEO - NC':>16}{'LEO - step 0':>16}{'val gain':>10}  LEO preset",
     ]
     for r in rows:
         nc, s0 = r["LEO - nearest-centroid"], r[f"LEO - {STEP0}"]
@@ -219,6 +248,7 @@ def format_study(study: dict[str, Any], shot: int) -> str:
             f"{r['level']:<24}{r['quality']:>8.1f}"
             + "".join(f"{r[n]:>18.2f}" for n in names)
             + f"{nc[0]:>+9.2f} +-{nc[1]:4.2f}{s0[0]:>+9.2f} +-{s0[1]:4.2f}{r['val_gain']:>+10.2f}"
+            + f"  {r['preset']}"
         )
     return "\n".join(lines)
 

@@ -2,6 +2,7 @@
 the quality axis on meta-val, the shipped study and its figure."""
 
 import json
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -65,6 +66,18 @@ def test_step0_is_the_initialisation_leo_is_trained_from(bank, result):
     # with no meta-training LEO *is* its step-0 model: zero margin, zero gain, exactly
     assert zero["margins"][fq.STEP0] == [0.0, 0.0] and zero["val_gain"] == 0.0
     assert zero["methods"][fq.STEP0]["accuracy"] == result["methods"][fq.STEP0]["accuracy"]
+
+
+def test_leo_is_the_candidate_with_the_best_meta_val_accuracy(bank, result):
+    slow = preset("default", num_latents=8)  # outer_lr 1e-4: hardly moves in 6 steps
+    fast = preset("synthetic", num_latents=8)
+    both = fq.measure(bank, TINY, {"slow": slow, "fast": fast}, log=lambda m: None)
+    leo = both["methods"]["LEO"]
+    assert set(leo["candidates"]) == {"slow", "fast"}
+    assert leo["val_accuracy"] == max(leo["candidates"].values())
+    assert leo["candidates"][leo["preset"]] == leo["val_accuracy"]
+    assert leo["candidates"]["fast"] == result["methods"]["LEO"]["val_accuracy"]  # same fit
+    assert both["methods"][fq.STEP0] == {**result["methods"][fq.STEP0], "seconds": ANY}
 
 
 def test_quality_is_nearest_centroid_one_shot_on_meta_val(bank, result):
