@@ -46,7 +46,14 @@ from .errors import UserError
 from .io import atomic_write, atomic_write_json
 from .model import LEO
 from .runtime import SeedPurpose, resolve_device, step_seed, torch_dtype
-from .training import BestModel, check_task_shape, evaluate, make_optimizer, mean_ci95, meta_train
+from .training import (
+    BestModel,
+    check_task_shape,
+    evaluate_split,
+    make_optimizer,
+    mean_ci95,
+    meta_train,
+)
 
 LEO_ABLATIONS: dict[str, dict[str, Any]] = {
     "generator-only": dict(inner_unroll_length=0, finetuning_unroll_length=0),
@@ -142,21 +149,9 @@ def fit(
     model. Returns (model, {val_accuracy, best_step, and each selected value})."""
     method = METHODS[name]
     dtype = torch_dtype(tc.dtype)
-    val_split = bank.split("val")
 
     def validate(model: nn.Module) -> Any:
-        return evaluate(
-            model,
-            val_split,
-            n_way=tc.n_way,
-            k_shot=tc.k_shot,
-            n_query=tc.eval_n_query,
-            tasks=tc.val_tasks,
-            batch_size=tc.eval_batch_size,
-            seed=[tc.seed, SeedPurpose.VAL],
-            split_name="val",
-            device=device,
-        )
+        return evaluate_split(model, bank, tc, "val", device=device)
 
     def build(config: BaselineConfig) -> nn.Module:
         return build_method(name, leo_config, config, bank.dim, tc.n_way, dtype).to(device)
@@ -235,18 +230,7 @@ def run_comparison(
         model, info = fit(name, bank, tc, leo_config, baseline_config, device, progress)
         train_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        result = evaluate(
-            model,
-            bank.split("test"),
-            n_way=tc.n_way,
-            k_shot=tc.k_shot,
-            n_query=tc.eval_n_query,
-            tasks=tc.test_tasks,
-            batch_size=tc.eval_batch_size,
-            seed=[tc.seed, SeedPurpose.TEST],
-            device=device,
-            progress=progress,
-        )
+        result = evaluate_split(model, bank, tc, "test", device=device, progress=progress)
         row = {
             "method": name,
             "accuracy": result.accuracy,

@@ -402,6 +402,71 @@ def meta_train(
 
 
 # ------------------------------------------------------------------------------ training
+def evaluate_split(
+    model: nn.Module,
+    bank: FeatureBank,
+    tc: TrainConfig,
+    split: str,
+    *,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> EvalResult:
+    """:func:`evaluate` on the S^val (``"val"``) or S^test (``"test"``) tasks of a run's
+    schedule: ``val_tasks`` / ``test_tasks`` tasks seeded ``[seed, VAL]`` / ``[seed, TEST]``."""
+    purpose = SeedPurpose.VAL if split == "val" else SeedPurpose.TEST
+    return evaluate(
+        model,
+        bank.split(split),
+        n_way=tc.n_way,
+        k_shot=tc.k_shot,
+        n_query=tc.eval_n_query,
+        tasks=tc.val_tasks if split == "val" else tc.test_tasks,
+        batch_size=tc.eval_batch_size,
+        seed=[tc.seed, purpose],
+        split_name=split,
+        device=device,
+        progress=progress,
+    )
+
+
+def _start_or_resume(
+    out_dir: Path,
+    record: dict[str, Any],
+    model: LEO,
+    optimizer: torch.optim.Optimizer,
+    best: BestModel,
+    resume: bool,
+    log: Callable[[str], None],
+) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """(history, first step) of a new run, or of the interrupted run in ``out_dir`` with its
+    model, optimiser and best-so-far restored (``resume``); writes ``run.json``."""
+    history, start = new_history(), 0
+    if resume and (out_dir / CHECKPOINT_FILE).exists():
+        check_resume(read_json(out_dir / RUN_FILE, "run record"), record)
+        state = load_checkpoint(out_dir / CHECKPOINT_FILE)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, best.step, best.val_accuracy = state["step"], state["best_step"], state["best_val"]
+        history = read_json(out_dir / METRICS_FILE, "metrics history")
+        for key in history:  # drop anything logged after the checkpoint
+            history[key] = [
+                h
+                for h in history[key]
+                if h["step"] < start or (key == "val" and h["step"] == start)
+            ]
+        log(
+            f"resuming {out_dir} at step {start} (best val {100 * best.val_accuracy:.2f}% "
+            f"at step {best.step})"
+        )
+    elif (out_dir / CHECKPOINT_FILE).exists():
+        raise UserError(
+            f"{out_dir} already holds a run; add --resume to continue it, or "
+            "choose a new --out directory"
+        )
+    atomic_write_json(out_dir / RUN_FILE, record)
+    return history, start
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -453,31 +518,8 @@ def train(
         torch.manual_seed(step_seed(tc.seed, SeedPurpose.INIT, 0))
         model = build_model(record, device).train()
         optimizer = make_optimizer(model)
-        history, start, best = new_history(), 0, BestModel(out_dir / BEST_FILE)
-        if resume and (out_dir / CHECKPOINT_FILE).exists():
-            check_resume(read_json(out_dir / RUN_FILE, "run record"), record)
-            state = load_checkpoint(out_dir / CHECKPOINT_FILE)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start, best.step = state["step"], state["best_step"]
-            best.val_accuracy = state["best_val"]
-            history = read_json(out_dir / METRICS_FILE, "metrics history")
-            for key in history:  # drop anything logged after the checkpoint
-                history[key] = [
-                    h
-                    for h in history[key]
-                    if h["step"] < start or (key == "val" and h["step"] == start)
-                ]
-            log(
-                f"resuming {out_dir} at step {start} (best val {100 * best.val_accuracy:.2f}% "
-                f"at step {best.step})"
-            )
-        elif (out_dir / CHECKPOINT_FILE).exists():
-            raise UserError(
-                f"{out_dir} already holds a run; add --resume to continue it, or "
-                "choose a new --out directory"
-            )
-        atomic_write_json(out_dir / RUN_FILE, record)
+        best = BestModel(out_dir / BEST_FILE)
+        history, start = _start_or_resume(out_dir, record, model, optimizer, best, resume, log)
 
         def save_checkpoint(step: int) -> None:
             state = {
@@ -490,35 +532,18 @@ def train(
             atomic_torch_save(out_dir / CHECKPOINT_FILE, state)
             atomic_write_json(out_dir / METRICS_FILE, history)
 
+        sampler = EpisodeSampler(bank.split("train"), tc.n_way, tc.k_shot, tc.n_query)
         dtype = torch_dtype(tc.dtype)
-        train_sampler = EpisodeSampler(bank.split("train"), tc.n_way, tc.k_shot, tc.n_query)
-        val_split = bank.split("val")
-
-        def batches(step: int) -> Any:
-            seed = [tc.seed, SeedPurpose.TRAIN, step]
-            return train_sampler.sample(tc.batch_size, seed).to(device, dtype)
-
-        def validate() -> EvalResult:
-            return evaluate(
-                model,
-                val_split,
-                n_way=tc.n_way,
-                k_shot=tc.k_shot,
-                n_query=tc.eval_n_query,
-                tasks=tc.val_tasks,
-                batch_size=tc.eval_batch_size,
-                seed=[tc.seed, SeedPurpose.VAL],
-                split_name="val",
-            )
-
         meta_train(
             model,
             optimizer,
-            batches,
+            lambda step: sampler.sample(tc.batch_size, [tc.seed, SeedPurpose.TRAIN, step]).to(
+                device, dtype
+            ),
             steps=tc.steps,
             seed=tc.seed,
             start=start,
-            validate=validate,
+            validate=lambda: evaluate_split(model, bank, tc, "val"),
             val_every=tc.val_every,
             best=best,
             history=history,
@@ -531,18 +556,7 @@ def train(
         best.restore(model)
         test_result = None
         if test:
-            test_result = evaluate(
-                model,
-                bank.split("test"),
-                n_way=tc.n_way,
-                k_shot=tc.k_shot,
-                n_query=tc.eval_n_query,
-                tasks=tc.test_tasks,
-                batch_size=tc.eval_batch_size,
-                seed=[tc.seed, SeedPurpose.TEST],
-                split_name="test",
-                progress=progress,
-            )
+            test_result = evaluate_split(model, bank, tc, "test", progress=progress)
             atomic_write_json(
                 out_dir / TEST_FILE, {**test_result.to_dict(), "best_step": best.step}
             )
