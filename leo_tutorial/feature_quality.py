@@ -39,7 +39,8 @@ from .data import FeatureBank
 from .errors import UserError
 from .features import BackboneRecipe
 from .io import atomic_write_json
-from .training import INIT, TEST, VAL, evaluate, mean_ci95, resolve_device, step_seed, torch_dtype
+from .runtime import SeedPurpose, resolve_device, step_seed, torch_dtype
+from .training import evaluate_split, mean_ci95
 
 STUDY_FORMAT = 1
 ASSET = Path(__file__).resolve().parent / "assets" / "feature_quality.json"
@@ -69,25 +70,13 @@ LEVELS: tuple[tuple[str, BackboneRecipe], ...] = (
 def feature_quality(bank: FeatureBank, train_config: TrainConfig | None = None) -> float:
     """Nearest centroid's 5-way 1-shot accuracy on S^val: how well the frozen features already
     separate new classes, a fraction in [0, 1]. The tasks are those model selection uses
-    (``val_tasks`` tasks of ``[seed, VAL]`` in batches of ``eval_batch_size``, at 1-shot; every
-    remaining image a query unless ``eval_n_query``), so at 1-shot this is nearest centroid's
-    ``val_accuracy`` in :func:`measure`."""
+    (:func:`~leo_tutorial.training.evaluate_split` of ``train_config`` at 5-way 1-shot), so at
+    1-shot this is nearest centroid's ``val_accuracy`` in :func:`measure`."""
     tc = (train_config or TrainConfig()).replace(n_way=5, k_shot=1)
     model = build_method(
         "nearest-centroid", LEOConfig(), BaselineConfig(), bank.dim, 5, torch.float32
     )
-    return evaluate(
-        model,
-        bank.split("val"),
-        n_way=5,
-        k_shot=1,
-        n_query=tc.eval_n_query,
-        tasks=tc.val_tasks,
-        batch_size=tc.eval_batch_size,
-        seed=[tc.seed, VAL],
-        split_name="val",
-        device="cpu",
-    ).accuracy
+    return evaluate_split(model, bank, tc, "val", device="cpu").accuracy
 
 
 def measure(
@@ -121,30 +110,16 @@ def measure(
         inner_unroll_length=first.inner_unroll_length
     )
 
-    def run(model: torch.nn.Module, split: str, seed: list[int], tasks: int):  # noqa: ANN202
-        return evaluate(
-            model,
-            bank.split(split),
-            n_way=tc.n_way,
-            k_shot=tc.k_shot,
-            n_query=tc.eval_n_query,
-            tasks=tasks,
-            batch_size=tc.eval_batch_size,
-            seed=seed,
-            split_name=split,
-            device=device,
-        )
-
     methods: dict[str, dict[str, Any]] = {}
     per_task: dict[str, np.ndarray] = {}
     for name in (*METHODS, STEP0):
         start = time.perf_counter()
         if name == STEP0:  # the same initialisation fit() starts LEO from, not trained
-            torch.manual_seed(step_seed(tc.seed, INIT, 0))
+            torch.manual_seed(step_seed(tc.seed, SeedPurpose.INIT, 0))
             model = build_method(
                 "LEO", first, baseline_config, bank.dim, tc.n_way, torch_dtype(tc.dtype)
             ).to(device)
-            info = {"val_accuracy": run(model, "val", [tc.seed, VAL], tc.val_tasks).accuracy}
+            info = {"val_accuracy": evaluate_split(model, bank, tc, "val", device=device).accuracy}
             info["best_step"] = 0
         elif name == "LEO":  # every candidate meta-trained; the best on S^val is kept
             fitted = {
@@ -160,7 +135,7 @@ def measure(
             }
         else:
             model, info = fit(name, bank, tc, first, baseline_config, device)
-        test = run(model, "test", [tc.seed, TEST], tc.test_tasks)
+        test = evaluate_split(model, bank, tc, "test", device=device)
         per_task[name] = test.per_task
         methods[name] = {
             "accuracy": test.accuracy,

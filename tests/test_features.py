@@ -12,7 +12,9 @@ from leo_tutorial.data import (
     EpisodeSampler,
     FeatureBank,
     FeatureSplit,
+    export_leo_pickles,
     load_leo_pickles,
+    read_exported_pickles,
     read_leo_split,
 )
 from leo_tutorial.data.images import ImageDataset, ImageSplit
@@ -21,10 +23,8 @@ from leo_tutorial.features import (
     ConvNet4,
     embed,
     embed_dataset,
-    export_leo_pickles,
     load_backbone,
     random_shift,
-    read_exported_pickles,
     recipe_backbone,
     recipe_bank,
     save_backbone,
