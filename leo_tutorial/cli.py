@@ -408,23 +408,33 @@ def _prepare(args: argparse.Namespace) -> int:
     import time
 
     from .data import export_leo_pickles
-    from .features import backbone_for, embed_dataset
+    from .features import backbone_for, embed_dataset, image_bank
     from .rundir import RunLock
-    from .sources import image_dataset
+    from .sources import backbone_recipe, image_dataset
 
     _check_out(args.out)
     args.data = args.source
     spec = spec_from_flags(args)
+    recipe = backbone_recipe(spec)
+    if recipe is not None and args.retrain:
+        raise UserError(
+            f"--retrain does not apply to {args.source}: its backbone is fixed "
+            f"({recipe.name}); drop --retrain"
+        )
     times = {}
     start = time.perf_counter()
     dataset = image_dataset(spec, log=_log, progress=not args.no_progress)
     times["images"] = time.perf_counter() - start
     start = time.perf_counter()
-    backbone = backbone_for(dataset, retrain=args.retrain, epochs=args.epochs, log=_log)
-    times["backbone"] = time.perf_counter() - start
-    start = time.perf_counter()
-    bank = embed_dataset(backbone, dataset)
-    times["embed"] = time.perf_counter() - start
+    if recipe is not None:  # a backbone fixed by the source (cached with its embeddings)
+        bank = image_bank(dataset, log=_log, recipe=recipe, progress=not args.no_progress)
+        times["backbone + embed"] = time.perf_counter() - start
+    else:
+        backbone = backbone_for(dataset, retrain=args.retrain, epochs=args.epochs, log=_log)
+        times["backbone"] = time.perf_counter() - start
+        start = time.perf_counter()
+        bank = embed_dataset(backbone, dataset)
+        times["embed"] = time.perf_counter() - start
     for name, split in bank.splits.items():
         print(f"{name}: {split.n_classes} classes, {split.n_images} images -> {bank.dim}-d")
     if args.out is not None:

@@ -34,14 +34,16 @@ from .data.leo_pickles import CROPS, DATASETS, load_leo_pickles
 from .data.omniglot import read_omniglot
 from .data.synthetic import bayes_accuracy, make_synthetic_bank
 from .errors import UserError
-from .features import image_bank
+from .features import BackboneRecipe, image_bank
 
 __all__ = [
     "ASSETS",
     "DATA_FLAGS",
     "SOURCES",
     "DataSource",
+    "backbone_recipe",
     "glyphs_spec",
+    "glyphs_untrained_spec",
     "image_dataset",
     "leo_pickles_spec",
     "load_bank",
@@ -75,6 +77,28 @@ def leo_pickles_spec(
 
 def glyphs_spec(config: GlyphConfig | None = None) -> dict[str, Any]:
     return {"source": "glyphs", "glyphs": dataclasses.asdict(config or GlyphConfig())}
+
+
+# The teaching setting where meta-training matters (issue 13), chosen on meta-val from the
+# feature-quality study (leo_tutorial.feature_quality, benchmarks/bench_feature_quality.py): the
+# glyphs embedded by the same ConvNet left untrained, at its pre-pool layer (288-d).
+TEACHING_BACKBONE = BackboneRecipe(epochs=0, layer="prepool")
+
+
+def glyphs_untrained_spec(config: GlyphConfig | None = None) -> dict[str, Any]:
+    """The glyphs embedded by an untrained ConvNet's pre-pool layer (:data:`TEACHING_BACKBONE`)."""
+    return {
+        "source": "glyphs-untrained",
+        "glyphs": dataclasses.asdict(config or GlyphConfig()),
+        "backbone": dataclasses.asdict(TEACHING_BACKBONE),
+    }
+
+
+def backbone_recipe(spec: dict[str, Any]) -> BackboneRecipe | None:
+    """The stage-1 backbone recipe an image source's spec names (``"backbone"``), if any;
+    without one the source's usual backbone embeds (:func:`leo_tutorial.features.backbone_for`)."""
+    recipe = spec.get("backbone")
+    return None if recipe is None else BackboneRecipe(**recipe)
 
 
 def omniglot_spec(
@@ -236,6 +260,17 @@ SOURCES: dict[str, DataSource] = {
             GlyphConfig(**_tuples(spec.get("glyphs", {}))), log=log, progress=progress
         ),
     ),
+    "glyphs-untrained": DataSource(
+        "glyphs-untrained",
+        "the glyphs embedded by an untrained ConvNet (pre-pool, 288-d): where LEO's "
+        "meta-training shows (the feature-quality study's teaching setting)",
+        (),
+        lambda args: glyphs_untrained_spec(),
+        images=lambda spec, log, progress: render_glyphs(
+            GlyphConfig(**_tuples(spec.get("glyphs", {}))), log=log, progress=progress
+        ),
+        preset=lambda spec, way, shot: "weak-features",
+    ),
     "omniglot": DataSource(
         "omniglot",
         "your Omniglot folder (--data-dir); the backbone is pre-trained on first use",
@@ -294,5 +329,6 @@ def load_bank(spec: dict[str, Any], log: Log = print, progress: bool = True) -> 
     by their stage-1 backbone (:func:`leo_tutorial.features.image_bank`)."""
     source = source_of(spec)
     if source.has_images:
-        return image_bank(image_dataset(spec, log, progress), log=log)
+        dataset = image_dataset(spec, log, progress)
+        return image_bank(dataset, log=log, recipe=backbone_recipe(spec), progress=progress)
     return source.load(spec)

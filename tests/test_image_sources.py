@@ -124,3 +124,33 @@ def test_the_readme_main_job_runs(tmp_path, capsys):
     assert main([*argv, *fast]) == 0
     assert "test accuracy" in capsys.readouterr().out
     assert (tmp_path / "quickstart" / "test.json").is_file()
+
+
+def test_glyphs_untrained_are_the_untrained_convnets_prepool_features(private_cache):
+    import torch
+
+    from leo_tutorial.data import GlyphConfig, render_glyphs
+    from leo_tutorial.features import ConvNet4, embed
+    from leo_tutorial.sources import SOURCES, glyphs_untrained_spec
+
+    small = GlyphConfig(
+        blocks=("Basic Latin", "Greek and Coptic", "Hebrew"), max_classes_per_block=8
+    )
+    spec = glyphs_untrained_spec(small)
+    bank = load_bank(spec, log=lambda m: None, progress=False)
+    assert bank.name == "glyphs/untrained-prepool" and bank.dim == 32 * 3 * 3
+    torch.manual_seed(0)  # the recipe's seed: ConvNet4's initial weights, not trained
+    images = render_glyphs(small, progress=False).split("val").images
+    expected = embed(ConvNet4(channels=32).eval(), images, layer="prepool")
+    assert (bank.split("val").embeddings == expected).all()
+    cached = [p for p in private_cache.iterdir() if p.name.startswith("glyphs-bank-")]
+    assert len(cached) == 1  # embedded once; an untrained backbone is not cached
+    again = load_bank(spec, log=lambda m: None, progress=False)
+    assert (again.split("train").embeddings == bank.split("train").embeddings).all()
+    assert SOURCES["glyphs-untrained"].preset(spec, 5, 1) == "weak-features"
+
+
+def test_prepare_refuses_retrain_for_a_fixed_backbone(capsys):
+    assert main(["prepare", "glyphs-untrained", "--retrain"]) == 2
+    err = capsys.readouterr().err
+    assert "--retrain does not apply to glyphs-untrained" in err and "rendering" not in err

@@ -180,7 +180,8 @@ def test_every_source_is_registered_once_with_what_the_cli_needs():
         assert source.name == name and source.summary
         assert set(source.flags) <= set(sources.DATA_FLAGS)
         assert (source.load is None) != (source.images is None)
-    assert {s for s, src in sources.SOURCES.items() if src.has_images} == {"glyphs", "omniglot"}
+    images = {s for s, src in sources.SOURCES.items() if src.has_images}
+    assert images == {"glyphs", "glyphs-untrained", "omniglot"}
 
 
 def test_a_data_flag_the_source_does_not_read_is_refused(tmp_path, capsys):
