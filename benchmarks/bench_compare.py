@@ -8,6 +8,11 @@ per-task differences: all methods are tested on the same tasks) and a verdict.
     python benchmarks/bench_compare.py                       # the whole grid (about 30 min)
     python benchmarks/bench_compare.py --data synthetic --shots 1 --steps 200
     python benchmarks/bench_compare.py --save-assets         # also refresh the shipped JSON
+    python benchmarks/bench_compare.py --data glyphs-untrained --shots 1 --steps 3000 \
+        --val-every 250 --val-tasks 500 --test-tasks 2000 --save-assets   # the teaching setting
+
+The last one uses the schedule of the shipped ``glyphs_untrained_leo_1shot`` run
+(``scripts/train_shipped_runs.py``), so its LEO row is that run's model and test tasks.
 
 ``--save-assets`` writes ``leo_tutorial/assets/compare_<data>_<shot>shot.json`` (what notebook
 07 plots). Timings depend on the machine's load; say so when quoting them.
@@ -52,13 +57,15 @@ def main() -> int:
     parser.add_argument("--data", default="glyphs,synthetic")
     parser.add_argument("--shots", default="1,5")
     parser.add_argument("--steps", type=int, default=COMPARE_DEFAULTS["steps"])
+    for key in ("val_every", "val_tasks", "test_tasks"):
+        parser.add_argument("--" + key.replace("_", "-"), type=int, default=COMPARE_DEFAULTS[key])
     parser.add_argument("--methods", default=None)
     parser.add_argument("--save-assets", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for data in args.data.split(","):
         if data not in SOURCES or "data_dir" in SOURCES[data].flags:
-            parser.error(f"--data takes built-in sources (glyphs, synthetic), got {data!r}")
+            parser.error(f"--data takes built-in sources (glyphs, synthetic, ...), got {data!r}")
         spec = spec_from_flags(argparse.Namespace(data=data))
         bank = load_bank(spec, log=lambda m: print(m, file=sys.stderr), progress=False)
         for shot in (int(s) for s in args.shots.split(",")):
@@ -66,7 +73,9 @@ def main() -> int:
                 n_way=5,
                 k_shot=shot,
                 steps=args.steps,
-                **{k: v for k, v in COMPARE_DEFAULTS.items() if k != "steps"},
+                val_every=args.val_every,
+                val_tasks=args.val_tasks,
+                test_tasks=args.test_tasks,
             )
             name = SOURCES[data].preset(spec, 5, shot)
             start = time.perf_counter()

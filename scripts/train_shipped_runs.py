@@ -1,14 +1,20 @@
-"""Regenerate the trained LEO run(s) shipped as package data, from scratch, and print their numbers.
+"""Regenerate the trained LEO runs shipped as package data, from scratch, and print their numbers.
 
-    .venv/bin/python scripts/train_shipped_runs.py           # every shipped run
-    .venv/bin/python scripts/train_shipped_runs.py --shot 1  # one of them
+    .venv/bin/python scripts/train_shipped_runs.py                         # every shipped run
+    .venv/bin/python scripts/train_shipped_runs.py --run glyphs_leo_1shot  # one of them
 
-Each run is ``leo-tutorial train --data glyphs --way 5 --shot K --device cpu --threads 1``
-(the official default hyper-parameters, the default schedule, seed 0) and lands in
-``leo_tutorial/assets/glyphs_leo_<K>shot/`` as a run directory without its resume state:
+Each run is a ``leo-tutorial train`` command (``--device cpu --threads 1``, seed 0):
+
+    glyphs_leo_1shot            --data glyphs --way 5 --shot 1 (the official default
+                                hyper-parameters, the default schedule)
+    glyphs_untrained_leo_1shot  --data glyphs-untrained --way 5 --shot 1 --steps 3000
+                                --val-every 250 (preset weak-features; the teaching setting
+                                where meta-training matters, see leo_tutorial.feature_quality)
+
+and lands in ``leo_tutorial/assets/<run>/`` as a run directory without its resume state:
 ``run.json``, ``best.pt`` (the model selected on meta-val), ``metrics.json`` (the curves) and
 ``test.json`` (meta-test accuracy with its 95% CI). ``rundir.load_run`` reads it; notebooks 06
-and 08 use it. Run this again whenever the glyph data or the shipped stage-1 backbone changes.
+and 08 use it. Run this again whenever the glyph data or a stage-1 backbone changes.
 """
 
 from __future__ import annotations
@@ -18,28 +24,37 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from leo_tutorial import TrainConfig, preset
-from leo_tutorial.sources import ASSETS, glyphs_spec, load_bank
+from leo_tutorial.sources import ASSETS, glyphs_spec, glyphs_untrained_spec, load_bank
 from leo_tutorial.training import train
 
-SHIPPED_SHOTS = (1,)
+# name -> (data spec, LEO preset, schedule)
+SHIPPED: dict[str, tuple[Callable[[], dict[str, Any]], str, TrainConfig]] = {
+    "glyphs_leo_1shot": (glyphs_spec, "default", TrainConfig(n_way=5, k_shot=1)),
+    "glyphs_untrained_leo_1shot": (
+        glyphs_untrained_spec,
+        "weak-features",
+        TrainConfig(n_way=5, k_shot=1, steps=3000, val_every=250),
+    ),
+}
 KEPT = ("run.json", "best.pt", "metrics.json", "test.json")
 
 
-def shipped_run_dir(shot: int) -> Path:
-    return ASSETS / f"glyphs_leo_{shot}shot"
-
-
-def regenerate(shot: int, bank, spec: dict) -> None:  # noqa: ANN001
+def regenerate(name: str) -> None:
+    spec_of, preset_name, schedule = SHIPPED[name]
     start = time.perf_counter()
+    spec = spec_of()
+    bank = load_bank(spec, log=lambda message: print(message, file=sys.stderr), progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         result = train(
-            preset("default"),
-            TrainConfig(n_way=5, k_shot=shot),
+            preset(preset_name),
+            schedule,
             bank,
             Path(tmp) / "run",
             data_spec=spec,
@@ -47,18 +62,19 @@ def regenerate(shot: int, bank, spec: dict) -> None:  # noqa: ANN001
             progress=False,
             log=lambda message: print(message, file=sys.stderr),
         )
-        target = shipped_run_dir(shot)
+        target = ASSETS / name
         staging = target.with_name(target.name + ".new")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
-        for name in KEPT:
-            shutil.copy2(result.run_dir / name, staging / name)
+        for kept in KEPT:
+            shutil.copy2(result.run_dir / kept, staging / kept)
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
-    sizes = ", ".join(f"{name} {(target / name).stat().st_size / 1024:.0f} KB" for name in KEPT)
+    val = result.history["val"]
+    sizes = ", ".join(f"{kept} {(target / kept).stat().st_size / 1024:.0f} KB" for kept in KEPT)
     print(
-        f"5-way {shot}-shot: best meta-val accuracy {100 * result.best_val_accuracy:.2f}% at "
-        f"step {result.best_step}; {result.test}"
+        f"{name}: meta-val accuracy {100 * val[0]['accuracy']:.2f}% at step 0, best "
+        f"{100 * result.best_val_accuracy:.2f}% at step {result.best_step}; {result.test}"
     )
     print(f"  written to {target} ({sizes}); {time.perf_counter() - start:.0f} s")
 
@@ -66,18 +82,12 @@ def regenerate(shot: int, bank, spec: dict) -> None:  # noqa: ANN001
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--shot",
-        type=int,
-        choices=SHIPPED_SHOTS,
-        action="append",
-        help="which shipped run (default: all)",
+        "--run", choices=tuple(SHIPPED), action="append", help="which shipped run (default: all)"
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    spec = glyphs_spec()
-    bank = load_bank(spec, log=lambda message: print(message, file=sys.stderr), progress=False)
-    for shot in args.shot or SHIPPED_SHOTS:
-        regenerate(shot, bank, spec)
+    for name in args.run or SHIPPED:
+        regenerate(name)
     return 0
 
 

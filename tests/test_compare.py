@@ -242,8 +242,10 @@ def test_load_rows_explains_missing_and_malformed_files(tmp_path):
         compare.load_rows(tmp_path / "rows.json")
 
 
-@pytest.mark.parametrize("data", ["synthetic", "glyphs"])
-@pytest.mark.parametrize("shot", [1, 5])
+@pytest.mark.parametrize(
+    "data, shot",
+    [("synthetic", 1), ("synthetic", 5), ("glyphs", 1), ("glyphs", 5), ("glyphs-untrained", 1)],
+)
 def test_shipped_comparisons_load_and_cover_every_method(data, shot):
     rows = compare.load_rows(compare.asset_path(data, shot))
     assert [r["method"] for r in rows] == list(compare.METHODS)

@@ -135,3 +135,24 @@ def test_the_shipped_study_covers_every_level_and_shot():
         assert set(level["shots"]) == {"1", "5"}
         for result in level["shots"].values():
             assert set(result["methods"]) == {*fq.METHODS, fq.STEP0}
+
+
+# ------------------------------------------------------------------ the shipped teaching setting
+def test_the_teaching_setting_meets_the_issue_targets_in_its_shipped_files():
+    """glyphs-untrained: meta-val rises >= 10 points from step 0 to the kept step, LEO leads
+    nearest centroid and the probe with a paired 95% CI that excludes zero, 40-85% accuracy."""
+    from leo_tutorial.compare import asset_path, load_rows
+    from leo_tutorial.sources import ASSETS
+
+    run = ASSETS / "glyphs_untrained_leo_1shot"
+    history = json.loads((run / "metrics.json").read_text())
+    test = json.loads((run / "test.json").read_text())
+    val = {h["step"]: h["accuracy"] for h in history["val"]}
+    assert val[test["best_step"]] - val[0] >= 0.10
+    assert 0.40 <= test["accuracy"] <= 0.85 and test["way"] == 5 and test["shot"] == 1
+    rows = {r["method"]: r for r in load_rows(asset_path("glyphs-untrained", 1))}
+    for baseline in ("nearest-centroid", "logreg"):
+        assert rows[baseline]["leo_margin"] - rows[baseline]["leo_margin_ci95"] > 0
+    # compare fits LEO exactly as train does, on the same test tasks: the same number
+    assert rows["LEO"]["accuracy"] == pytest.approx(test["accuracy"], abs=1e-12)
+    assert rows["LEO"]["best_step"] == test["best_step"]
