@@ -15,6 +15,10 @@ and lands in ``leo_tutorial/assets/<run>/`` as a run directory without its resum
 ``run.json``, ``best.pt`` (the model selected on meta-val), ``metrics.json`` (the curves) and
 ``test.json`` (meta-test accuracy with its 95% CI). ``rundir.load_run`` reads it; notebooks 06
 and 08 use it. Run this again whenever the glyph data or a stage-1 backbone changes.
+
+The teaching run also gets ``seeds.json``: the same command with ``--seed`` 0, 1 and 2 (other
+meta-train batches, initialisation and meta-val tasks), each selected model tested on the seed-0
+meta-test tasks, so the spread between training runs can be read apart from the test tasks.
 """
 
 from __future__ import annotations
@@ -31,23 +35,25 @@ from typing import Any
 import torch
 
 from leo_tutorial import TrainConfig, preset
+from leo_tutorial.io import atomic_write_json
 from leo_tutorial.sources import ASSETS, glyphs_spec, glyphs_untrained_spec, load_bank
-from leo_tutorial.training import train
+from leo_tutorial.training import evaluate_split, train
 
-# name -> (data spec, LEO preset, schedule)
-SHIPPED: dict[str, tuple[Callable[[], dict[str, Any]], str, TrainConfig]] = {
-    "glyphs_leo_1shot": (glyphs_spec, "default", TrainConfig(n_way=5, k_shot=1)),
+# name -> (data spec, LEO preset, schedule, seeds for seeds.json)
+SHIPPED: dict[str, tuple[Callable[[], dict[str, Any]], str, TrainConfig, tuple[int, ...]]] = {
+    "glyphs_leo_1shot": (glyphs_spec, "default", TrainConfig(n_way=5, k_shot=1), ()),
     "glyphs_untrained_leo_1shot": (
         glyphs_untrained_spec,
         "weak-features",
         TrainConfig(n_way=5, k_shot=1, steps=3000, val_every=250),
+        (0, 1, 2),
     ),
 }
 KEPT = ("run.json", "best.pt", "metrics.json", "test.json")
 
 
 def regenerate(name: str) -> None:
-    spec_of, preset_name, schedule = SHIPPED[name]
+    spec_of, preset_name, schedule, seeds = SHIPPED[name]
     start = time.perf_counter()
     spec = spec_of()
     bank = load_bank(spec, log=lambda message: print(message, file=sys.stderr), progress=False)
@@ -77,6 +83,38 @@ def regenerate(name: str) -> None:
         f"{100 * result.best_val_accuracy:.2f}% at step {result.best_step}; {result.test}"
     )
     print(f"  written to {target} ({sizes}); {time.perf_counter() - start:.0f} s")
+    if seeds:
+        spread = []
+        for seed in seeds:
+            run = result
+            if seed != schedule.seed:  # the shipped run is one of them; train the others
+                with tempfile.TemporaryDirectory() as tmp:
+                    run = train(
+                        preset(preset_name),
+                        schedule.replace(seed=seed),
+                        bank,
+                        Path(tmp) / "run",
+                        data_spec=spec,
+                        device="cpu",
+                        progress=False,
+                        test=False,
+                        log=lambda message: print(message, file=sys.stderr),
+                    )
+            test = evaluate_split(run.model, bank, schedule, "test")  # the seed-0 test tasks
+            spread.append(
+                {
+                    "seed": seed,
+                    "val_step0": run.history["val"][0]["accuracy"],
+                    "best_val": run.best_val_accuracy,
+                    "best_step": run.best_step,
+                    "test": test.to_dict(),
+                }
+            )
+            print(
+                f"  seed {seed}: meta-val {100 * spread[-1]['val_step0']:.2f}% at step 0, best "
+                f"{100 * run.best_val_accuracy:.2f}% at step {run.best_step}; {test}"
+            )
+        atomic_write_json(target / "seeds.json", spread)
 
 
 def main(argv: list[str]) -> int:
