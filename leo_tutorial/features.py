@@ -246,10 +246,11 @@ def train_backbone(
                 "seconds": time.perf_counter() - t0,
             }
             history["epochs"].append(record)
-            log(
-                f"stage 1 epoch {epoch + 1}/{epochs}: loss {record['loss']:.3f}, "
-                f"train accuracy {100 * record['accuracy']:.1f}%"
-            )
+            if (epoch + 1) % math.ceil(epochs / 10) == 0 or epoch + 1 == epochs:  # <= 10 lines
+                log(
+                    f"stage 1 epoch {epoch + 1}/{epochs}: loss {record['loss']:.3f}, "
+                    f"train accuracy {100 * record['accuracy']:.1f}%"
+                )
     finally:
         bar.close()
     history["train_accuracy"] = history["epochs"][-1]["accuracy"] if epochs else None
