@@ -317,3 +317,9 @@ def test_recipe_bank_is_cached_and_a_damaged_cache_is_rebuilt(shapes, tmp_path, 
     rebuilt = recipe_bank(shapes, recipe, cache_dir=tmp_path, log=logs.append)
     np.testing.assert_array_equal(rebuilt.split("test").embeddings, bank.split("test").embeddings)
     assert any("damaged" in line for line in logs)
+
+
+def test_long_pretraining_logs_at_most_ten_epoch_lines(shapes):
+    lines: list[str] = []
+    train_backbone(shapes, epochs=25, channels=4, batch_size=256, progress=False, log=lines.append)
+    assert 5 <= len(lines) <= 10 and lines[-1].startswith("stage 1 epoch 25/25")
