@@ -33,7 +33,8 @@ NOTATION_LINK = "[notation table](../docs/notation.md)"
 WRONG = [
     (r"(?<!SPEC )(?<!LEO_SPEC\.md )§3\.\d", "the paper's §3 is Related Work: the model is §2.3.x"),
     (
-        r"(latent step|latent space|inner loop|steps on \$z\$|`latent_step`)[^.\n]{0,40}\(eq\. ?5\)",
+        r"(latent step|latent space|inner loop|steps on \$z\$|`latent_step`)"
+        r"[^.\n]{0,40}\(eq\. ?5\)",
         "eq. 5 is the inner loss; the latent step is unnumbered",
     ),
     (r"z'_n = z_n - \\alpha[^$]*\$\$?\s*\(eq\. ?5\)", "eq. 5 is the inner loss, not the step"),
