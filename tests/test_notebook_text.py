@@ -26,7 +26,13 @@ CHECKED = [
     "07_ablations_and_baselines",
     "09_regression_uncertainty",
 ]
-DOCUMENTS = ["notebooks/README.md", "docs/course_guide.md", "docs/notation.md", "README.md"]
+DOCUMENTS = [
+    "notebooks/README.md",
+    "docs/course_guide.md",
+    "docs/notation.md",
+    "docs/answer_key.md",
+    "README.md",
+]
 NOTATION_LINK = "[notation table](../docs/notation.md)"
 
 # (pattern, why it is wrong); matched against markdown (notebooks) or the whole text (documents)
