@@ -139,3 +139,14 @@ def test_the_wrong_patterns_catch_the_old_mistakes():
     ]
     for text in fine:
         assert not mistakes_in(text), text
+
+
+@pytest.mark.parametrize("name", CHECKED)
+def test_every_figure_cell_carries_its_figure(name):
+    """A cell that shows a figure has a PNG in its committed output (an executor with
+    MPLBACKEND=Agg once saved notebooks without any)."""
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "plt.show()" in cell.source:
+            pngs = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+            assert pngs, f"{name}: no figure saved for the cell {cell.source[:60]!r}"
