@@ -1,0 +1,523 @@
+"""Why adapting in latent space works: curvature, coverage and preconditioning (paper §4.6, Fig. 4).
+
+Plain functions on a trained model and a :class:`leo_tutorial.data.TaskBatch`, always in
+evaluation mode (means, no dropout: deterministic). Notebook 10 draws the paper's three panels
+from them:
+
+- (a) curvature: :func:`hessian_eigenvalues` of the support loss L^tr (eq. 5, the *summed*
+  cross-entropy) w.r.t. the latent codes z_n (:func:`latent_space`, LEO) or the class weights
+  w_n, the paper's theta (:func:`weight_space`: LEO's gen+ft ablation, Meta-SGD);
+- (b) coverage: :func:`decoder_singular_values`, the singular values of the decoder's mean half;
+- (c) step size: :func:`theta_step_norms`, how far theta moves in each latent step (LEO) or in
+  each Meta-SGD step.
+
+And two views the paper does not draw:
+
+- the preconditioning identity: at evaluation one latent step moves the class weights by
+  ``Delta w_n = -P grad_{w_n} L^tr`` with ``P = W_mu diag(alpha) W_mu^T / K``
+  (:func:`latent_preconditioner`, :func:`predicted_latent_step`): a theta step preconditioned by
+  a learned matrix of rank <= Z, where Meta-SGD's preconditioner is a learned diagonal
+  (:func:`preconditioner_eigenvalues`, :func:`subspace_alignment`);
+- what meta-learning found on the synthetic bank, whose class means lie in a known subspace:
+  :func:`principal_angles` between the decoder's column space and that subspace, tracked over
+  meta-training by :class:`SubspaceTracker` (a ``training.train`` callback).
+
+Conventions. All parameters are per *class*: z_n [Z] and w_n [D], as in the paper. The model
+tiles each class code and weight to K shot slots (LEO_SPEC §2.5) and averages the K slots in the
+logits; at evaluation the K copies are equal, and the gradient w.r.t. one copy is 1/K of the
+class gradient. So the Hessian w.r.t. the K tiled copies has the class-level eigenvalues divided
+by K (and zeros), and a step of rate alpha on every copy moves the class code by alpha / K times
+the class gradient: this is where the 1/K in P comes from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import losses
+from .baselines import MAML, linear_logits
+from .data import EpisodeSampler, FeatureSplit, TaskBatch
+from .errors import UserError
+from .io import atomic_write
+from .latent import evaluation_mode
+from .model import LEO
+
+HESSIAN_METHODS = ("factored", "full")
+
+
+# ------------------------------------------------------------------- the space a step moves in
+@dataclass
+class AdaptationSpace:
+    """The variables an inner step moves, for B tasks, and how they give the support logits.
+
+    name: ``"latent"`` (LEO's class codes z_n, P = N Z) or ``"weights"`` (class weights w_n,
+    the paper's theta, P = N D). point [B, P]: where the analysis is done (the start of the
+    model's adaptation). support_x [B,N,K,D], support_y [B,N,K]. logits_of(point [B, P],
+    support_x, support_y) -> support logits [B,N,K,N], evaluated in the model's eval mode;
+    linear in the point for every model here (linear decoder, linear classifier).
+    """
+
+    name: str
+    point: Tensor
+    support_x: Tensor
+    support_y: Tensor
+    logits_of: Callable[[Tensor, Tensor, Tensor], Tensor]
+
+    @property
+    def rank_bound(self) -> int:
+        """min(N K (N - 1), P): the Hessian of a sum of N K softmax cross-entropies of logits
+        that are linear in the point has at most this many non-zero eigenvalues."""
+        _, n, k, _ = self.support_x.shape
+        return min(n * k * (n - 1), self.point.shape[1])
+
+    def task(self, i: int) -> AdaptationSpace:
+        """Task ``i`` alone (a space of one task)."""
+        s = slice(i, i + 1)
+        return replace(
+            self, point=self.point[s], support_x=self.support_x[s], support_y=self.support_y[s]
+        )
+
+    def logits(self, point: Tensor | None = None) -> Tensor:
+        """Support logits [B,N,K,N] at ``point`` [B, P] (default: the space's point)."""
+        point = self.point if point is None else point
+        return self.logits_of(point, self.support_x, self.support_y)
+
+    def support_loss(self, point: Tensor | None = None) -> Tensor:
+        """L^tr = sum over the support set of the softmax cross-entropy (eq. 5), per task [B]."""
+        return losses.cross_entropy(self.logits(point), self.support_y).flatten(1).sum(1)
+
+    def gradient(self, point: Tensor | None = None) -> Tensor:
+        """grad L^tr w.r.t. the point, per task: [B, P] (tasks are independent, so the gradient
+        of the sum over tasks holds each task's own gradient)."""
+        point = (self.point if point is None else point).detach().requires_grad_()
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(self.support_loss(point).sum(), point)
+        return grad
+
+
+def _task_tensors(model: nn.Module, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+    """Support tensors on the model's device and dtype, with a clear error for a bad shape."""
+    dtype = model.dtype
+    device = next(model.parameters()).device
+    x, y = batch.support_x.to(device, dtype), batch.support_y.to(device)
+    if x.dim() != 4 or x.shape[1] != model.n_way or x.shape[-1] != model.embedding_dim:
+        raise UserError(
+            f"expected {model.n_way}-way tasks of {model.embedding_dim}-d embeddings "
+            f"[B, N, K, D], got shape {tuple(x.shape)}"
+        )
+    return x, y
+
+
+def _check_leo(model: nn.Module, what: str) -> None:
+    if not isinstance(model, LEO):
+        raise UserError(f"{what} needs a LEO model, got {type(model).__name__}")
+
+
+def _class_codes(model: LEO, x: Tensor) -> Tensor:
+    """The encoder's class codes at evaluation: [B,N,K,D] -> z [B,N,Z] (one of K equal copies)."""
+    with evaluation_mode(model), torch.no_grad():
+        z, _, _ = model.forward_encoder(x)
+    return z[:, :, 0]
+
+
+def _tile(point: Tensor, n: int, k: int) -> Tensor:
+    """Class-level [B, N*F] -> the model's K shot slots [B,N,K,F] (K equal copies)."""
+    return point.view(point.shape[0], n, 1, -1).expand(-1, -1, k, -1)
+
+
+def latent_space(model: LEO, batch: TaskBatch) -> AdaptationSpace:
+    """LEO's latent codes z_n at the encoder's output (eval: the means of eq. 3), P = N Z.
+
+    logits(z) = <x, mu_d(z_n)>: the class weights are the decoder's mean half (eq. 4 without
+    sampling), as in the model's own ``forward_decoder``.
+    """
+    _check_leo(model, "latent_space")
+    x, y = _task_tensors(model, batch)
+    _, n, k, _ = x.shape
+
+    def logits_of(point: Tensor, sx: Tensor, sy: Tensor) -> Tensor:
+        with evaluation_mode(model):
+            _, W = model.forward_decoder(_tile(point, n, k), sx, sy)
+            return model.predict(sx, W)
+
+    return AdaptationSpace("latent", _class_codes(model, x).flatten(1), x, y, logits_of)
+
+
+def weight_space(model: LEO | MAML, batch: TaskBatch) -> AdaptationSpace:
+    """Class weights w_n (the paper's theta) where the model starts adapting them, P = N D.
+
+    LEO (any variant; gen+ft is ``LEOConfig(inner_unroll_length=0)``): the weights decoded
+    from the encoder's codes, where fine-tuning starts when there are no latent steps.
+    MAML / Meta-SGD: the meta-learned initialisation W_0, the same for every task.
+    logits(w) = <x, w_n> in both.
+    """
+    x, y = _task_tensors(model, batch)
+    b, n, k, d = x.shape
+    if isinstance(model, LEO):
+        z = _class_codes(model, x)
+        with evaluation_mode(model), torch.no_grad():
+            _, W = model.forward_decoder(_tile(z.flatten(1), n, k), x, y)
+        point = W.mean(dim=2).flatten(1)  # [B, N D]
+
+        def logits_of(point: Tensor, sx: Tensor, sy: Tensor) -> Tensor:
+            with evaluation_mode(model):
+                return model.predict(sx, _tile(point, n, sx.shape[2]))
+
+    elif isinstance(model, MAML):
+        point = model.w_init.detach().expand(b, n, d).flatten(1)
+
+        def logits_of(point: Tensor, sx: Tensor, sy: Tensor) -> Tensor:
+            return linear_logits(sx, point.view(point.shape[0], n, -1))
+
+    else:
+        raise UserError(
+            f"weight_space needs a LEO, MAML or MetaSGD model, got {type(model).__name__}"
+        )
+    return AdaptationSpace("weights", point, x, y, logits_of)
+
+
+# ---------------------------------------------------------------------------- (a) curvature
+def full_hessian(space: AdaptationSpace) -> Tensor:
+    """The Hessian of L^tr w.r.t. the point, task by task, with ``torch.func.hessian``
+    (forward-over-reverse): [B, P, P]. The plain reference; P = N D = 3 200 for 640-d
+    embeddings makes this about 80 MB and seconds per task."""
+    hessians = []
+    for i in range(space.point.shape[0]):
+        one = space.task(i)
+        h = torch.func.hessian(lambda p, one=one: one.support_loss(p[None])[0])(one.point[0])
+        hessians.append(h.detach())
+    return torch.stack(hessians)
+
+
+def _logit_jacobian(space: AdaptationSpace) -> Tensor:
+    """d logits / d point per task: [B, M, P] with M = N K N (tasks are independent, so the
+    Jacobian of the logits summed over tasks holds each task's own block)."""
+    point = space.point.detach()
+    b = point.shape[0]
+    with torch.enable_grad():
+        jac = torch.func.jacrev(lambda p: space.logits(p).sum(0))(point)  # [N, K, N, B, P]
+    return jac.reshape(-1, b, point.shape[1]).transpose(0, 1)
+
+
+def factored_hessian_eigenvalues(space: AdaptationSpace) -> Tensor:
+    """The non-zero spectrum of the Hessian of L^tr from its factorisation, in M = N K N
+    dimensions instead of P: [B, M] eigenvalues, ascending (float64).
+
+    With logits l_i = J_i p linear in the point, H = sum_i J_i^T S_i J_i exactly, where
+    S_i = diag(q_i) - q_i q_i^T is the softmax Hessian of example i (q_i its probabilities):
+    the term with the second derivative of the logits vanishes. S_i = A_i A_i^T with
+    A_i = diag(sqrt q_i) - q_i sqrt(q_i)^T, so H = F^T F with the rows F_i = A_i^T J_i, and the
+    non-zero eigenvalues of F^T F [P, P] are those of F F^T [M, M].
+    """
+    b, n, k, _ = space.support_x.shape
+    jac = _logit_jacobian(space).double().view(b, n * k, n, -1)  # [B, NK, N, P]
+    q = torch.softmax(space.logits().detach().double(), dim=-1).view(b, n * k, n)  # [B, NK, N]
+    root = q.sqrt()
+    a = torch.diag_embed(root) - q[..., :, None] * root[..., None, :]  # A_i [B, NK, N, N]
+    f = (a.transpose(-1, -2) @ jac).reshape(b, n * k * n, -1)  # F [B, M, P]
+    return torch.linalg.eigvalsh(f @ f.transpose(1, 2))
+
+
+def hessian_eigenvalues(space: AdaptationSpace, method: str = "factored") -> Tensor:
+    """Absolute eigenvalues of the Hessian of L^tr w.r.t. the space's point (Fig. 4a):
+    [B, R], largest first, float64, with R = ``space.rank_bound``.
+
+    The other P - R eigenvalues are exactly zero (the logits are linear in the point, and each
+    example's softmax Hessian has rank N - 1). ``method="factored"`` (default) computes the
+    spectrum from the Hessian's factorisation in N K N dimensions
+    (:func:`factored_hessian_eigenvalues`: milliseconds per task); ``"full"`` builds the whole
+    P x P Hessian with ``torch.func`` (:func:`full_hessian`) and diagonalises it: the reference
+    the tests compare with.
+    """
+    if method not in HESSIAN_METHODS:
+        raise UserError(f"unknown method {method!r}; use one of {', '.join(HESSIAN_METHODS)}")
+    if method == "full":
+        values = torch.linalg.eigvalsh(full_hessian(space).double())
+    else:
+        values = factored_hessian_eigenvalues(space)
+    values = values.abs().sort(dim=1, descending=True).values
+    return values[:, : space.rank_bound]
+
+
+# ----------------------------------------------------------------------------- (b) coverage
+def decoder_mean(model: LEO) -> Tensor:
+    """W_mu [D, Z]: the mean half of the decoder's weight (g_d.weight is [2D, Z], mean first),
+    so that mu_d(z) = W_mu z (eq. 4)."""
+    _check_leo(model, "decoder_mean")
+    return model.g_d.weight.detach()[: model.embedding_dim]
+
+
+def decoder_singular_values(model: LEO) -> Tensor:
+    """Singular values of W_mu (Fig. 4b): [Z], largest first. A latent step of length s moves
+    the class weights by between s * min and s * max of them."""
+    return torch.linalg.svdvals(decoder_mean(model).double())
+
+
+# ----------------------------------------------------------------------------- (c) step size
+def theta_trajectory(model: LEO | MAML, batch: TaskBatch) -> Tensor:
+    """Class weights [B, T+1, N, D] before and after each of the model's own inner steps in
+    theta space: LEO's latent steps (decoded means, eval mode; fine-tuning not included) or
+    MAML's / Meta-SGD's steps."""
+    x, y = _task_tensors(model, batch)
+    with evaluation_mode(model), torch.no_grad():
+        if isinstance(model, LEO):
+            if model.config.inner_unroll_length == 0:
+                raise UserError(
+                    "this LEO takes no latent steps (inner_unroll_length=0, the gen+ft "
+                    "ablation); use a LEO with inner_unroll_length >= 1"
+                )
+            # the latent loop only reads the support set; score it as the query set too
+            out = model(SimpleNamespace(support_x=x, support_y=y, query_x=x, query_y=y))
+            path = [W.mean(dim=2) for W in out.w_trajectory]
+        elif isinstance(model, MAML):
+            path = model.adapt(x, y)
+        else:
+            raise UserError(
+                f"theta_trajectory needs a LEO, MAML or MetaSGD model, got {type(model).__name__}"
+            )
+    return torch.stack(path, dim=1)
+
+
+def theta_step_norms(model: LEO | MAML, batch: TaskBatch) -> Tensor:
+    """||w^(t+1) - w^(t)||, the Frobenius norm over all N D class weights, of each inner step
+    (Fig. 4c): [B, T]."""
+    path = theta_trajectory(model, batch)
+    return (path[:, 1:] - path[:, :-1]).flatten(2).norm(dim=2)
+
+
+# ------------------------------------------------------------------- preconditioning identity
+def latent_preconditioner(model: LEO, k_shot: int) -> Tensor:
+    """P = W_mu diag(alpha) W_mu^T / K [D, D], rank <= Z: one latent step at evaluation moves
+    each class's weights by -P grad_{w_n} L^tr (see :func:`predicted_latent_step`).
+
+    Derivation: z_{n,k}' = z_{n,k} - alpha * grad_{z_{n,k}} L^tr for each of the K copies; the
+    logits use mean_k W_{n,k}, so grad_{W_{n,k}} L^tr = grad_{w_n} L^tr / K, and W_{n,k} =
+    W_mu z_{n,k} gives grad_{z_{n,k}} L^tr = W_mu^T grad_{w_n} L^tr / K. Decoding the new
+    codes, w_n' = W_mu mean_k z_{n,k}' = w_n - W_mu diag(alpha) W_mu^T grad_{w_n} L^tr / K.
+    """
+    if k_shot < 1:
+        raise UserError(f"k_shot must be >= 1, got {k_shot}")
+    w_mu = decoder_mean(model)
+    return (w_mu * model.inner_lr.detach()) @ w_mu.T / k_shot
+
+
+def predicted_latent_step(model: LEO, batch: TaskBatch) -> Tensor:
+    """Delta w = -P grad_w L^tr at the decoded weights: [B, N, D], the class weights' change in
+    the first latent step as the identity predicts it (compare with
+    ``theta_trajectory(model, batch)[:, 1] - [:, 0]``)."""
+    space = weight_space(model, batch)
+    b, n, k, d = space.support_x.shape
+    grad = space.gradient().view(b, n, d)
+    return -grad @ latent_preconditioner(model, k).to(grad.dtype)  # P is symmetric
+
+
+def preconditioner_eigenvalues(model: LEO | MAML, k_shot: int) -> Tensor:
+    """The spectrum of the matrix each model multiplies grad_{w_n} L^tr by, largest |.| first.
+
+    LEO: the Z (at most) non-zero eigenvalues of P = W_mu diag(alpha) W_mu^T / K: [Z] (the
+    other D - Z are zero). Meta-SGD: its diagonal preconditioner diag(alpha_n) per class, whose
+    eigenvalues are its N D learned rates: [N D]. MAML: its fixed rate, N D times. Rates may be
+    negative (they are learned), so these are eigenvalues, not their absolute values.
+    """
+    if isinstance(model, LEO):
+        values = torch.linalg.eigvalsh(latent_preconditioner(model, k_shot).double())
+        z = min(model.config.num_latents, model.embedding_dim)
+        values = values[values.abs().argsort(descending=True)][:z]
+    elif isinstance(model, MAML):
+        rate = torch.as_tensor(model.learning_rate()).detach().double()
+        values = rate.expand(model.n_way, model.embedding_dim).flatten()
+        values = values[values.abs().argsort(descending=True)]
+    else:
+        raise UserError(
+            f"preconditioner_eigenvalues needs a LEO or MAML/MetaSGD model, got "
+            f"{type(model).__name__}"
+        )
+    return values
+
+
+# ------------------------------------------------------------------------- subspaces (item 3)
+def _orthonormal_basis(a: Tensor, what: str) -> Tensor:
+    """An orthonormal basis [D, rank] of the column space of ``a`` [D, p] (SVD, so a
+    rank-deficient ``a`` gives only its rank)."""
+    a = torch.as_tensor(a).double()
+    if a.dim() != 2:
+        raise UserError(f"{what} must be a matrix [D, p], got shape {tuple(a.shape)}")
+    u, s, _ = torch.linalg.svd(a, full_matrices=False)
+    tol = s.max().clamp_min(1e-300) * max(a.shape) * torch.finfo(torch.float64).eps
+    rank = int((s > tol).sum())
+    if rank == 0:
+        raise UserError(f"{what} is zero; it spans no subspace")
+    return u[:, :rank]
+
+
+def principal_angles(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> Tensor:
+    """Principal angles (radians, smallest first) between the column spaces of a [D, p] and
+    b [D, q]: [min(rank a, rank b)]. 0: a shared direction; pi / 2: orthogonal directions.
+
+    cos theta_i are the singular values of Qa^T Qb for orthonormal bases Qa, Qb
+    (Björck & Golub, 1973); small angles come from the sines instead (accurate near 0).
+    """
+    qa, qb = _orthonormal_basis(a, "a"), _orthonormal_basis(b, "b")
+    if qa.shape[0] != qb.shape[0]:
+        raise UserError(
+            f"a and b must have the same number of rows, got {qa.shape[0]}, {qb.shape[0]}"
+        )
+    if qa.shape[1] < qb.shape[1]:
+        qa, qb = qb, qa
+    cos = torch.linalg.svdvals(qa.T @ qb).clamp(0, 1)  # descending
+    sin = torch.linalg.svdvals(qb - qa @ (qa.T @ qb)).clamp(0, 1).flip(0)  # ascending
+    return torch.where(cos**2 < 0.5, torch.arccos(cos), torch.arcsin(sin))
+
+
+def subspace_alignment(matrix: Tensor, basis: Tensor | np.ndarray) -> float:
+    """||U U^T M||_F^2 / ||M||_F^2 in [0, 1]: the fraction of what ``matrix`` M [D, D] (or
+    [D, Z]) outputs that lands in the subspace spanned by ``basis`` U [D, r].
+
+    For a preconditioner M, how much of every preconditioned step goes into the subspace; for
+    the decoder W_mu, how much of its output does. A diagonal M = diag(a) reaches at most
+    max_d ||U_d||^2 (:func:`best_diagonal_alignment`), whatever its entries.
+    """
+    u = _orthonormal_basis(basis, "basis")
+    m = torch.as_tensor(matrix).double()
+    if m.shape[0] != u.shape[0]:
+        raise UserError(f"matrix has {m.shape[0]} rows but the basis {u.shape[0]}")
+    total = (m**2).sum()
+    if total == 0:
+        raise UserError("matrix is zero; its alignment is undefined")
+    return float(((u.T @ m) ** 2).sum() / total)
+
+
+def best_diagonal_alignment(basis: Tensor | np.ndarray) -> float:
+    """max over diagonal D x D matrices of :func:`subspace_alignment` = max_d ||U_d||^2 (the
+    largest leverage score of the subspace; r / D on average for a random r-d subspace).
+
+    ||U U^T diag(a)||_F^2 = sum_d a_d^2 ||U_d||^2, a weighted mean of the row norms."""
+    u = _orthonormal_basis(basis, "basis")
+    return float((u**2).sum(dim=1).max())
+
+
+@dataclass
+class SubspaceTracker:
+    """A ``training.train`` callback that records how the decoder's column space meets a known
+    subspace (the synthetic bank's class subspace, ``data.subspace_basis``) after every
+    validation.
+
+    Lists, one entry per call: ``steps``; ``angles`` (principal angles, radians, [r] each);
+    ``alignment`` (:func:`subspace_alignment` of W_mu); ``val_accuracy``.
+
+    Example::
+
+        tracker = SubspaceTracker(subspace_basis(config))
+        train(leo_config, train_config, bank, out_dir, callback=tracker)
+        np.degrees(tracker.angles[-1])
+    """
+
+    basis: Any
+    steps: list[int] | None = None
+    angles: list[np.ndarray] | None = None
+    alignment: list[float] | None = None
+    val_accuracy: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        self.basis = _orthonormal_basis(self.basis, "basis")
+        self.steps, self.angles, self.alignment, self.val_accuracy = [], [], [], []
+
+    def __call__(self, step: int, metrics: dict[str, Any]) -> None:
+        model = metrics["model"]
+        w_mu = decoder_mean(model)
+        self.steps.append(int(step))
+        self.angles.append(principal_angles(w_mu, self.basis).numpy())
+        self.alignment.append(subspace_alignment(w_mu, self.basis))
+        self.val_accuracy.append(float(metrics.get("val_accuracy", math.nan)))
+
+
+# -------------------------------------------------------------------- many tasks (Fig. 4 data)
+def curvature_statistics(
+    model: LEO | MAML,
+    split: FeatureSplit,
+    *,
+    n_way: int = 5,
+    k_shot: int = 1,
+    tasks: int = 1000,
+    batch_size: int = 50,
+    seed: int | list[int] = 0,
+    method: str = "factored",
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Everything Fig. 4 needs from one model, over ``tasks`` tasks of ``split`` (the same seed
+    and batch_size give the same tasks for every model).
+
+    Keys: ``hessian_weights`` [T, R] (always), ``hessian_latent`` [T, R] (LEO with latent
+    steps), ``theta_steps`` [T, S] (LEO with latent steps, MAML, Meta-SGD),
+    ``decoder_singular_values`` [Z] and ``preconditioner`` [Z] (LEO), ``preconditioner`` [N D]
+    (MAML, Meta-SGD). float64.
+    """
+    sampler = EpisodeSampler(split, n_way, k_shot, 1)  # queries are not used
+    latent = isinstance(model, LEO) and model.config.inner_unroll_length > 0
+    steps = latent or isinstance(model, MAML)
+    out: dict[str, list[np.ndarray]] = {"hessian_weights": []}
+    if latent:
+        out["hessian_latent"] = []
+    if steps:
+        out["theta_steps"] = []
+    for batch in tqdm(
+        sampler.iter_batches(tasks, batch_size, seed),
+        total=math.ceil(tasks / batch_size),
+        disable=not progress,
+        desc="curvature",
+        leave=False,
+    ):
+        out["hessian_weights"].append(hessian_eigenvalues(weight_space(model, batch), method))
+        if latent:
+            out["hessian_latent"].append(hessian_eigenvalues(latent_space(model, batch), method))
+        if steps:
+            out["theta_steps"].append(theta_step_norms(model, batch))
+    stats = {key: torch.cat(v).double().cpu().numpy() for key, v in out.items()}
+    if isinstance(model, LEO):
+        stats["decoder_singular_values"] = decoder_singular_values(model).cpu().numpy()
+    if isinstance(model, (LEO, MAML)):
+        stats["preconditioner"] = preconditioner_eigenvalues(model, k_shot).cpu().numpy()
+    return stats
+
+
+def save_statistics(path: str | Path, statistics: dict[str, dict[str, np.ndarray]]) -> Path:
+    """Write {model name: :func:`curvature_statistics`} to one ``.npz``, atomically."""
+    arrays = {}
+    for name, stats in statistics.items():
+        if "/" in name or not name:
+            raise UserError(f"model names must be non-empty and without '/', got {name!r}")
+        for key, value in stats.items():
+            arrays[f"{name}/{key}"] = np.asarray(value)
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def load_statistics(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """Read what :func:`save_statistics` wrote (no pickled objects: nothing is executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"no curvature statistics at {path}; compute them with "
+            "curvature_statistics and save_statistics"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            items = {key: data[key] for key in data.files}
+    except (ValueError, OSError) as error:
+        raise UserError(f"{path} is not a curvature-statistics .npz file ({error})") from None
+    statistics: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in items.items():
+        name, _, field = key.partition("/")
+        if not field:
+            raise UserError(f"{path} is not a curvature-statistics file (array {key!r})")
+        statistics.setdefault(name, {})[field] = value
+    return statistics
