@@ -75,10 +75,13 @@ class AdaptationSpace:
 
     @property
     def rank_bound(self) -> int:
-        """min(N K (N - 1), P): the Hessian of a sum of N K softmax cross-entropies of logits
-        that are linear in the point has at most this many non-zero eigenvalues."""
+        """(N - 1) min(N K, P / N): the most non-zero eigenvalues the Hessian of L^tr can have.
+
+        Each of the N K examples adds a softmax Hessian of rank N - 1, and moving every class's
+        parameters by the same vector changes no probability (a null space of dimension P / N).
+        """
         _, n, k, _ = self.support_x.shape
-        return min(n * k * (n - 1), self.point.shape[1])
+        return (n - 1) * min(n * k, self.point.shape[1] // n)
 
     def task(self, i: int) -> AdaptationSpace:
         """Task ``i`` alone (a space of one task)."""
@@ -206,7 +209,7 @@ def _logit_jacobian(space: AdaptationSpace) -> Tensor:
     b = point.shape[0]
     with torch.enable_grad():
         jac = torch.func.jacrev(lambda p: space.logits(p).sum(0))(point)  # [N, K, N, B, P]
-    return jac.reshape(-1, b, point.shape[1]).transpose(0, 1)
+    return jac.detach().reshape(-1, b, point.shape[1]).transpose(0, 1)
 
 
 def factored_hessian_eigenvalues(space: AdaptationSpace) -> Tensor:
@@ -232,8 +235,8 @@ def hessian_eigenvalues(space: AdaptationSpace, method: str = "factored") -> Ten
     """Absolute eigenvalues of the Hessian of L^tr w.r.t. the space's point (Fig. 4a):
     [B, R], largest first, float64, with R = ``space.rank_bound``.
 
-    The other P - R eigenvalues are exactly zero (the logits are linear in the point, and each
-    example's softmax Hessian has rank N - 1). ``method="factored"`` (default) computes the
+    The other P - R eigenvalues are exactly zero (see ``AdaptationSpace.rank_bound``).
+    ``method="factored"`` (default) computes the
     spectrum from the Hessian's factorisation in N K N dimensions
     (:func:`factored_hessian_eigenvalues`: milliseconds per task); ``"full"`` builds the whole
     P x P Hessian with ``torch.func`` (:func:`full_hessian`) and diagonalises it: the reference
@@ -285,7 +288,7 @@ def theta_trajectory(model: LEO | MAML, batch: TaskBatch) -> Tensor:
             raise UserError(
                 f"theta_trajectory needs a LEO, MAML or MetaSGD model, got {type(model).__name__}"
             )
-    return torch.stack(path, dim=1)
+        return torch.stack(path, dim=1).detach()  # (W_0 is a view of a parameter)
 
 
 def theta_step_norms(model: LEO | MAML, batch: TaskBatch) -> Tensor:
