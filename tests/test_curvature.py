@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-
 from _tasks import random_batch
+
 from leo_tutorial import LEO, LEOConfig, UserError, curvature
 from leo_tutorial.baselines import MAML, BaselineConfig, MetaSGD
 from leo_tutorial.config import TrainConfig
@@ -138,7 +138,7 @@ def test_hessian_written_by_hand_for_two_classes_and_orthonormal_embeddings():
         s = q * (1 - q) * torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
         by_hand[:, i, :, i] += s
     assert torch.allclose(curvature.full_hessian(space)[0], by_hand.reshape(2 * d, 2 * d))
-    expected = sorted((2 * q * (1 - q) for q in (1 / (1 + math.exp(-a)), 1 / (1 + math.exp(-c)))))
+    expected = sorted(2 * q * (1 - q) for q in (1 / (1 + math.exp(-a)), 1 / (1 + math.exp(-c))))
     values = curvature.hessian_eigenvalues(space)[0]
     assert torch.allclose(values, torch.tensor(expected[::-1], dtype=torch.float64))
 
@@ -294,7 +294,7 @@ def test_subspace_tracker_records_the_decoder_after_every_validation_and_meta_tr
     assert all(0 <= v <= 1 for v in tracker.val_accuracy)
     # a random 8-d decoder output holds about 4/32 of its energy in the class subspace
     assert tracker.alignment[0] < 0.3
-    assert tracker.alignment[-1] > 2 * tracker.alignment[0]
+    assert tracker.alignment[-1] > max(0.5, 2 * tracker.alignment[0])  # measured 0.14 -> 0.84
     assert np.mean(tracker.angles[-1]) < np.mean(tracker.angles[0])
 
 
