@@ -266,6 +266,21 @@ def decoder_singular_values(model: LEO) -> Tensor:
     return torch.linalg.svdvals(decoder_mean(model).double())
 
 
+def decoder_gain(model: LEO, batch: TaskBatch) -> Tensor:
+    """||W_mu^T x||^2 / ||x||^2 for every support embedding: [B, N, K].
+
+    How much curvature the decoder adds for this data: logits <x, W_mu z_n> see the embedding
+    through W_mu^T, so the Hessian in z is the Hessian in theta with x x^T replaced by
+    W_mu^T x x^T W_mu (eq. 5 with w_n = W_mu z_n). For one example, or at a uniform softmax,
+    the eigenvalues in z are those in theta times this gain; it lies between the smallest and
+    the largest squared singular value of W_mu, near the largest only for embeddings in the
+    decoder's most expanded directions.
+    """
+    x, _ = _task_tensors(model, batch)
+    w_mu = decoder_mean(model).to(x.dtype)
+    return (x @ w_mu).pow(2).sum(-1) / x.pow(2).sum(-1)
+
+
 # ----------------------------------------------------------------------------- (c) step size
 def theta_trajectory(model: LEO | MAML, batch: TaskBatch) -> Tensor:
     """Class weights [B, T+1, N, D] before and after each of the model's own inner steps in
@@ -460,10 +475,10 @@ def curvature_statistics(
     """Everything Fig. 4 needs from one model, over ``tasks`` tasks of ``split`` (the same seed
     and batch_size give the same tasks for every model).
 
-    Keys: ``hessian_weights`` [T, R] (always), ``hessian_latent`` [T, R] (LEO with latent
-    steps), ``theta_steps`` [T, S] (LEO with latent steps, MAML, Meta-SGD),
-    ``decoder_singular_values`` [Z] and ``preconditioner`` [Z] (LEO), ``preconditioner`` [N D]
-    (MAML, Meta-SGD). float64.
+    Keys (float64): ``hessian_weights`` [T, R] (always); ``hessian_latent`` [T, R],
+    ``theta_steps`` [T, S] and ``preconditioner`` [Z] (LEO with latent steps);
+    ``decoder_singular_values`` [Z] and ``decoder_gain`` [T, N K] (every LEO);
+    ``theta_steps`` [T, S] and ``preconditioner`` [N D] (MAML, Meta-SGD).
     """
     sampler = EpisodeSampler(split, n_way, k_shot, 1)  # queries are not used
     latent = isinstance(model, LEO) and model.config.inner_unroll_length > 0
@@ -471,6 +486,8 @@ def curvature_statistics(
     out: dict[str, list[np.ndarray]] = {"hessian_weights": []}
     if latent:
         out["hessian_latent"] = []
+    if isinstance(model, LEO):
+        out["decoder_gain"] = []
     if steps:
         out["theta_steps"] = []
     for batch in tqdm(
@@ -483,12 +500,14 @@ def curvature_statistics(
         out["hessian_weights"].append(hessian_eigenvalues(weight_space(model, batch), method))
         if latent:
             out["hessian_latent"].append(hessian_eigenvalues(latent_space(model, batch), method))
+        if isinstance(model, LEO):
+            out["decoder_gain"].append(decoder_gain(model, batch).flatten(1))
         if steps:
             out["theta_steps"].append(theta_step_norms(model, batch))
     stats = {key: torch.cat(v).double().cpu().numpy() for key, v in out.items()}
     if isinstance(model, LEO):
         stats["decoder_singular_values"] = decoder_singular_values(model).cpu().numpy()
-    if isinstance(model, (LEO, MAML)):
+    if steps:
         stats["preconditioner"] = preconditioner_eigenvalues(model, k_shot).cpu().numpy()
     return stats
 

@@ -162,6 +162,28 @@ def test_curvature_in_z_is_the_curvature_in_theta_times_the_squared_decoder_scal
     assert torch.allclose(
         curvature.decoder_singular_values(model), torch.full((z,), scale, dtype=torch.float64)
     )
+    gain = curvature.decoder_gain(model, batch)
+    assert torch.allclose(gain, torch.full_like(gain, scale**2))
+
+
+def test_curvature_in_z_is_bounded_by_the_curvature_in_theta_times_the_largest_gain():
+    # H_z = A^T H_w A with A = I_N (x) W_mu, so the k-th eigenvalue in z is at most
+    # sigma_max(W_mu)^2 times the k-th in theta; the gain of every embedding lies in
+    # [sigma_min^2, sigma_max^2].
+    model = random_leo(z=6, d=12)
+    with torch.no_grad():
+        model.g_d.weight[:12] *= torch.linspace(0.5, 4.0, 12, dtype=torch.float64)[:, None]
+    batch = random_batch(b=4, k=1)
+    sigma = curvature.decoder_singular_values(model)
+    latent = curvature.hessian_eigenvalues(curvature.latent_space(model, batch))
+    theta = curvature.hessian_eigenvalues(curvature.weight_space(model, batch))
+    assert (latent <= sigma[0] ** 2 * theta[:, : latent.shape[1]] * (1 + 1e-12)).all()
+    gain = curvature.decoder_gain(model, batch)
+    assert gain.shape == (4, 5, 1)
+    assert ((gain >= sigma[-1] ** 2 - 1e-12) & (gain <= sigma[0] ** 2 + 1e-12)).all()
+    x = batch.support_x[2, 3, 0]
+    w_mu = model.g_d.weight.detach()[:12]
+    assert gain[2, 3, 0] == pytest.approx((w_mu.T @ x).norm().item() ** 2 / x.norm().item() ** 2)
 
 
 def test_meta_sgd_at_zero_init_with_orthonormal_embeddings_has_a_flat_spectrum_of_one_over_n():
@@ -319,7 +341,8 @@ def test_curvature_statistics_over_tasks_and_their_npz_round_trip(tmp_path):
     assert stats["LEO"]["theta_steps"].shape == (7, 2)
     assert stats["LEO"]["decoder_singular_values"].shape == (4,)
     assert stats["LEO"]["preconditioner"].shape == (4,)
-    assert set(stats["gen+ft"]) == {"hessian_weights", "decoder_singular_values", "preconditioner"}
+    assert stats["LEO"]["decoder_gain"].shape == (7, 10)
+    assert set(stats["gen+ft"]) == {"hessian_weights", "decoder_singular_values", "decoder_gain"}
     assert stats["Meta-SGD"]["theta_steps"].shape == (7, 3)
     assert stats["Meta-SGD"]["preconditioner"].shape == (60,)
     # the same seed gives the same tasks: one batch of the statistics, recomputed by hand
