@@ -117,7 +117,8 @@ def main() -> int:
     train_seconds = time.perf_counter() - start
     print(
         f"{args.data}, 5-way {args.shot}-shot, {args.steps} meta-training steps "
-        f"({train_seconds:.0f} s); Meta-SGD's initial rate {info['inner_lr_init']}"
+        f"({train_seconds:.0f} s); Meta-SGD's initial rate {info['inner_lr_init']}, "
+        f"its best step on S^val {info['best_step']}"
     )
     for name, result in accuracy.items():
         print(f"  {name:<10} {result}")
@@ -147,6 +148,9 @@ def main() -> int:
     print(header("Fig. 4b: singular values of the decoder's mean half W_mu [D, Z]"))
     for name in ("LEO", "gen+ft"):
         print(row(name, stats[name]["decoder_singular_values"]))
+    print(header("decoder gain ||W_mu^T x||^2 / ||x||^2 of the support embeddings"))
+    for name in ("LEO", "gen+ft"):
+        print(row(name, stats[name]["decoder_gain"]))
 
     print(header("Fig. 4c: ||Delta theta|| of each inner step (all steps, all tasks)"))
     for name in ("LEO", "Meta-SGD"):

@@ -543,3 +543,65 @@ def load_statistics(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
             raise UserError(f"{path} is not a curvature-statistics file (array {key!r})")
         statistics.setdefault(name, {})[field] = value
     return statistics
+
+
+# ------------------------------------------------------------------------------ the figure
+def figure4_boxes(
+    statistics: dict[str, dict[str, np.ndarray]],
+) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
+    """The boxes of the paper's three panels from {model name: :func:`curvature_statistics`}:
+    [(panel title, [(box label, values), ...]) x 3]. (a) each model's curvature in the space it
+    adapts in (z for LEO, theta otherwise); (b) decoder singular values; (c) theta steps."""
+    curv, cover, steps = [], [], []
+    for name, stats in statistics.items():
+        if "hessian_latent" in stats:
+            curv.append((f"{name} (z)", stats["hessian_latent"]))
+        else:
+            curv.append((f"{name} (θ)", stats["hessian_weights"]))
+        if "decoder_singular_values" in stats:
+            cover.append((name, stats["decoder_singular_values"]))
+        if "theta_steps" in stats:
+            steps.append((name, stats["theta_steps"]))
+    return [
+        ("(a) curvature: |eigenvalues| of the Hessian of L^tr", curv),
+        ("(b) coverage: singular values of the decoder", cover),
+        ("(c) ||Δθ|| of each inner step", steps),
+    ]
+
+
+def plot_figure4(
+    statistics: dict[str, dict[str, np.ndarray]],
+    axes: Any = None,
+    log: tuple[bool, bool, bool] = (True, True, True),
+) -> Any:
+    """The paper's Fig. 4 as three box plots: boxes at the quartiles, the median marked,
+    whiskers at the 5th and 95th percentiles (as the paper's), no outliers drawn. ``log``:
+    log scale per panel. Returns the three matplotlib Axes."""
+    import matplotlib.pyplot as plt
+
+    from .viz import PALETTE
+
+    panels = figure4_boxes(statistics)
+    if not any(boxes for _, boxes in panels):
+        raise UserError("no statistics to plot; compute them with curvature_statistics")
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    for ax, (title, boxes), use_log in zip(axes, panels, log, strict=True):
+        if boxes:
+            # matplotlib's whis=(5, 95) stops at the last data point inside; these are exact
+            quantiles = [np.percentile(np.ravel(v), (5, 25, 50, 75, 95)) for _, v in boxes]
+            parts = ax.bxp(
+                [
+                    dict(whislo=q[0], q1=q[1], med=q[2], q3=q[3], whishi=q[4], label=label)
+                    for q, (label, _) in zip(quantiles, boxes, strict=True)
+                ],
+                showfliers=False,
+                patch_artist=True,
+                medianprops={"color": "black"},
+            )
+            for i, box in enumerate(parts["boxes"]):
+                box.set_facecolor(PALETTE[i % len(PALETTE)])
+            if use_log:
+                ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+    return axes

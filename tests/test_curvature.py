@@ -394,3 +394,41 @@ def test_bad_inputs_get_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="same number of rows"):
         curvature.principal_angles(torch.ones(3, 1), torch.ones(4, 1))
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_figure4_draws_the_three_panels_with_whiskers_at_the_5th_and_95th_percentiles():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = np.random.default_rng(0)
+    stats = {
+        "LEO": {
+            "hessian_latent": g.lognormal(0, 1, (30, 4)),
+            "hessian_weights": g.lognormal(-3, 1, (30, 4)),
+            "decoder_singular_values": g.lognormal(2, 0.5, 8),
+            "theta_steps": g.lognormal(1, 0.3, (30, 5)),
+        },
+        "gen+ft": {"hessian_weights": g.lognormal(-3, 1, (30, 4))},
+        "Meta-SGD": {
+            "hessian_weights": g.lognormal(-2, 1, (30, 4)),
+            "theta_steps": np.ones((30, 5)),
+        },
+    }
+    panels = curvature.figure4_boxes(stats)
+    assert [[label for label, _ in boxes] for _, boxes in panels] == [
+        ["LEO (z)", "gen+ft (θ)", "Meta-SGD (θ)"],
+        ["LEO"],
+        ["LEO", "Meta-SGD"],
+    ]
+    axes = curvature.plot_figure4(stats)
+    for ax, (_, boxes) in zip(axes, panels, strict=True):
+        assert ax.get_yscale() == "log"
+        caps = sorted({round(y, 9) for line in ax.lines for y in line.get_ydata()})
+        for _, values in boxes:
+            for q in (5, 95):
+                assert round(float(np.percentile(values, q)), 9) in caps
+    plt.close("all")
+    with pytest.raises(UserError, match="no statistics"):
+        curvature.plot_figure4({})
