@@ -133,13 +133,31 @@ def _class_codes(model: LEO, x: Tensor) -> Tensor:
     return z[:, :, 0]
 
 
+def _latent_adaptation(model: LEO, x: Tensor, y: Tensor) -> Any:
+    """The model's own forward pass at evaluation (an ``LEOOutput``); the latent loop only reads
+    the support set, which is scored as the query set too."""
+    if model.config.inner_unroll_length == 0:
+        raise UserError(
+            "this LEO takes no latent steps (inner_unroll_length=0, the gen+ft ablation); "
+            "use step=0 or a LEO with inner_unroll_length >= 1"
+        )
+    with evaluation_mode(model), torch.no_grad():
+        return model(SimpleNamespace(support_x=x, support_y=y, query_x=x, query_y=y))
+
+
+def _check_step(step: int, steps: int) -> None:
+    if not 0 <= step <= steps:
+        raise UserError(f"step must be in 0..{steps} (the model's inner steps), got {step}")
+
+
 def _tile(point: Tensor, n: int, k: int) -> Tensor:
     """Class-level [B, N*F] -> the model's K shot slots [B,N,K,F] (K equal copies)."""
     return point.view(point.shape[0], n, 1, -1).expand(-1, -1, k, -1)
 
 
-def latent_space(model: LEO, batch: TaskBatch) -> AdaptationSpace:
-    """LEO's latent codes z_n at the encoder's output (eval: the means of eq. 3), P = N Z.
+def latent_space(model: LEO, batch: TaskBatch, step: int = 0) -> AdaptationSpace:
+    """LEO's latent codes z_n, P = N Z: the encoder's output (eval: the means of eq. 3) for
+    ``step=0``, the codes after ``step`` latent steps otherwise.
 
     logits(z) = <x, mu_d(z_n)>: the class weights are the decoder's mean half (eq. 4 without
     sampling), as in the model's own ``forward_decoder``.
@@ -147,17 +165,23 @@ def latent_space(model: LEO, batch: TaskBatch) -> AdaptationSpace:
     _check_leo(model, "latent_space")
     x, y = _task_tensors(model, batch)
     _, n, k, _ = x.shape
+    _check_step(step, model.config.inner_unroll_length)
+    if step == 0:
+        point = _class_codes(model, x)
+    else:
+        point = _latent_adaptation(model, x, y).z_trajectory[step][:, :, 0]
 
     def logits_of(point: Tensor, sx: Tensor, sy: Tensor) -> Tensor:
         with evaluation_mode(model):
             _, W = model.forward_decoder(_tile(point, n, k), sx, sy)
             return model.predict(sx, W)
 
-    return AdaptationSpace("latent", _class_codes(model, x).flatten(1), x, y, logits_of)
+    return AdaptationSpace("latent", point.flatten(1), x, y, logits_of)
 
 
-def weight_space(model: LEO | MAML, batch: TaskBatch) -> AdaptationSpace:
-    """Class weights w_n (the paper's theta) where the model starts adapting them, P = N D.
+def weight_space(model: LEO | MAML, batch: TaskBatch, step: int = 0) -> AdaptationSpace:
+    """Class weights w_n (the paper's theta), P = N D, where the model starts adapting them
+    (``step=0``) or after ``step`` of its inner steps (:func:`theta_trajectory`).
 
     LEO (any variant; gen+ft is ``LEOConfig(inner_unroll_length=0)``): the weights decoded
     from the encoder's codes, where fine-tuning starts when there are no latent steps.
@@ -167,17 +191,18 @@ def weight_space(model: LEO | MAML, batch: TaskBatch) -> AdaptationSpace:
     x, y = _task_tensors(model, batch)
     b, n, k, d = x.shape
     if isinstance(model, LEO):
-        z = _class_codes(model, x)
-        with evaluation_mode(model), torch.no_grad():
-            _, W = model.forward_decoder(_tile(z.flatten(1), n, k), x, y)
-        point = W.mean(dim=2).flatten(1)  # [B, N D]
+        if step == 0:
+            z = _class_codes(model, x)
+            with evaluation_mode(model), torch.no_grad():
+                _, W = model.forward_decoder(_tile(z.flatten(1), n, k), x, y)
+            point = W.mean(dim=2)  # [B, N, D]
 
         def logits_of(point: Tensor, sx: Tensor, sy: Tensor) -> Tensor:
             with evaluation_mode(model):
                 return model.predict(sx, _tile(point, n, sx.shape[2]))
 
     elif isinstance(model, MAML):
-        point = model.w_init.detach().expand(b, n, d).flatten(1)
+        point = model.w_init.detach().expand(b, n, d)
 
         def logits_of(point: Tensor, sx: Tensor, sy: Tensor) -> Tensor:
             return linear_logits(sx, point.view(point.shape[0], n, -1))
@@ -186,7 +211,10 @@ def weight_space(model: LEO | MAML, batch: TaskBatch) -> AdaptationSpace:
         raise UserError(
             f"weight_space needs a LEO, MAML or MetaSGD model, got {type(model).__name__}"
         )
-    return AdaptationSpace("weights", point, x, y, logits_of)
+    _check_step(step, model.config.inner_unroll_length)
+    if step != 0:
+        point = theta_trajectory(model, batch)[:, step]
+    return AdaptationSpace("weights", point.flatten(1), x, y, logits_of)
 
 
 # ---------------------------------------------------------------------------- (a) curvature
@@ -287,23 +315,16 @@ def theta_trajectory(model: LEO | MAML, batch: TaskBatch) -> Tensor:
     theta space: LEO's latent steps (decoded means, eval mode; fine-tuning not included) or
     MAML's / Meta-SGD's steps."""
     x, y = _task_tensors(model, batch)
-    with evaluation_mode(model), torch.no_grad():
-        if isinstance(model, LEO):
-            if model.config.inner_unroll_length == 0:
-                raise UserError(
-                    "this LEO takes no latent steps (inner_unroll_length=0, the gen+ft "
-                    "ablation); use a LEO with inner_unroll_length >= 1"
-                )
-            # the latent loop only reads the support set; score it as the query set too
-            out = model(SimpleNamespace(support_x=x, support_y=y, query_x=x, query_y=y))
-            path = [W.mean(dim=2) for W in out.w_trajectory]
-        elif isinstance(model, MAML):
+    if isinstance(model, LEO):
+        path = [W.mean(dim=2) for W in _latent_adaptation(model, x, y).w_trajectory]
+    elif isinstance(model, MAML):
+        with evaluation_mode(model), torch.no_grad():
             path = model.adapt(x, y)
-        else:
-            raise UserError(
-                f"theta_trajectory needs a LEO, MAML or MetaSGD model, got {type(model).__name__}"
-            )
-        return torch.stack(path, dim=1).detach()  # (W_0 is a view of a parameter)
+    else:
+        raise UserError(
+            f"theta_trajectory needs a LEO, MAML or MetaSGD model, got {type(model).__name__}"
+        )
+    return torch.stack(path, dim=1).detach()  # (W_0 is a view of a parameter)
 
 
 def theta_step_norms(model: LEO | MAML, batch: TaskBatch) -> Tensor:

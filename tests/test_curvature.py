@@ -228,6 +228,27 @@ def test_preconditioner_has_rank_z_and_the_eigenvalues_c2_alpha_over_k():
     assert torch.allclose(curvature.preconditioner_eigenvalues(model, k), expected)
 
 
+@pytest.mark.parametrize("which", ["leo-latent", "leo-weights", "meta-sgd"])
+def test_spaces_after_some_inner_steps_sit_on_the_models_own_trajectory(which):
+    batch = random_batch(b=2, k=2)
+    model = random_meta_sgd() if which == "meta-sgd" else random_leo(k_inner=3)
+    make = curvature.latent_space if which == "leo-latent" else curvature.weight_space
+    start, after = make(model, batch), make(model, batch, step=2)
+    if which == "leo-latent":  # z_2 = z_0 - alpha * (grad at z_0 + grad at z_1), per copy / K
+        grads = [start.gradient(), make(model, batch, step=1).gradient()]
+        alpha = model.inner_lr.detach().repeat(5)
+        expected = start.point - alpha * (grads[0] + grads[1]) / 2
+        assert torch.allclose(after.point, expected, atol=1e-12)
+    else:
+        path = curvature.theta_trajectory(model, batch)
+        assert torch.allclose(start.point, path[:, 0].flatten(1))
+        assert torch.allclose(after.point, path[:, 2].flatten(1))
+    # curvature changes along the way (the softmax sharpens as the support loss falls)
+    assert (after.support_loss() < start.support_loss()).all()
+    with pytest.raises(UserError, match="step must be in 0..3"):
+        make(model, batch, step=4)
+
+
 def test_meta_sgd_preconditioner_eigenvalues_are_its_rates_and_mamls_its_fixed_rate():
     model = random_meta_sgd()
     values = curvature.preconditioner_eigenvalues(model, 1)
@@ -377,6 +398,8 @@ def test_bad_inputs_get_one_clear_error(tmp_path):
         curvature.latent_space(meta_sgd, batch)
     with pytest.raises(UserError, match="inner_unroll_length"):
         curvature.theta_step_norms(random_leo(k_inner=0), batch)
+    with pytest.raises(UserError, match="step must be in 0..0"):
+        curvature.weight_space(random_leo(k_inner=0), batch, step=1)
     with pytest.raises(UserError, match="unknown method"):
         curvature.hessian_eigenvalues(curvature.weight_space(meta_sgd, batch), "lanczos")
     with pytest.raises(UserError, match="16-d embeddings"):
