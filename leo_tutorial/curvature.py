@@ -33,7 +33,6 @@ the class gradient: this is where the 1/K in P comes from.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -58,50 +57,51 @@ HESSIAN_METHODS = ("factored", "full")
 # ------------------------------------------------------------------- the space a step moves in
 @dataclass
 class AdaptationSpace:
-    """The variables an inner step moves, for B tasks, and how they give the support logits.
+    """The variables an inner step moves, for B tasks, as the linear classifier they are.
 
-    name: ``"latent"`` (LEO's class codes z_n, P = N Z) or ``"weights"`` (class weights w_n,
-    the paper's theta, P = N D). point [B, P]: where the analysis is done (the start of the
-    model's adaptation). support_x [B,N,K,D], support_y [B,N,K]. logits_of(point [B, P],
-    support_x, support_y) -> support logits [B,N,K,N], evaluated in the model's eval mode;
-    linear in the point for every model here (linear decoder, linear classifier).
+    At evaluation every model here scores the support set linearly in its adapted variables:
+    logits[b, n, k, c] = <features[b, n, k], point[b, c]>. For the class weights w_n (the
+    paper's theta) the features are the embeddings x; for LEO's class codes z_n they are
+    W_mu^T x, because <x, W_mu z_c> = <W_mu^T x, z_c> (eq. 4 without sampling, then eq. 5).
+    Adapting z is fitting a linear classifier on decoder-projected embeddings.
+
+    name: ``"latent"`` (F = Z) or ``"weights"`` (F = D). point [B, N, F]: where the analysis is
+    done. features [B, N, K, F]; support_y [B, N, K].
     """
 
     name: str
     point: Tensor
-    support_x: Tensor
+    features: Tensor
     support_y: Tensor
-    logits_of: Callable[[Tensor, Tensor, Tensor], Tensor]
 
     @property
     def rank_bound(self) -> int:
-        """(N - 1) min(N K, P / N): the most non-zero eigenvalues the Hessian of L^tr can have.
+        """(N - 1) min(N K, F): the most non-zero eigenvalues the Hessian of L^tr can have.
 
         Each of the N K examples adds a softmax Hessian of rank N - 1, and moving every class's
-        parameters by the same vector changes no probability (a null space of dimension P / N).
+        parameters by the same vector changes no probability (a null space of dimension F).
         """
-        _, n, k, _ = self.support_x.shape
-        return (n - 1) * min(n * k, self.point.shape[1] // n)
+        _, n, k, f = self.features.shape
+        return (n - 1) * min(n * k, f)
 
     def task(self, i: int) -> AdaptationSpace:
         """Task ``i`` alone (a space of one task)."""
         s = slice(i, i + 1)
         return replace(
-            self, point=self.point[s], support_x=self.support_x[s], support_y=self.support_y[s]
+            self, point=self.point[s], features=self.features[s], support_y=self.support_y[s]
         )
 
     def logits(self, point: Tensor | None = None) -> Tensor:
-        """Support logits [B,N,K,N] at ``point`` [B, P] (default: the space's point)."""
-        point = self.point if point is None else point
-        return self.logits_of(point, self.support_x, self.support_y)
+        """Support logits [B,N,K,N] at ``point`` [B, N, F] (default: the space's point)."""
+        return linear_logits(self.features, self.point if point is None else point)
 
     def support_loss(self, point: Tensor | None = None) -> Tensor:
         """L^tr = sum over the support set of the softmax cross-entropy (eq. 5), per task [B]."""
         return losses.cross_entropy(self.logits(point), self.support_y).flatten(1).sum(1)
 
     def gradient(self, point: Tensor | None = None) -> Tensor:
-        """grad L^tr w.r.t. the point, per task: [B, P] (tasks are independent, so the gradient
-        of the sum over tasks holds each task's own gradient)."""
+        """grad L^tr w.r.t. the point, per task: [B, N, F] (tasks are independent, so the
+        gradient of the sum over tasks holds each task's own gradient)."""
         point = (self.point if point is None else point).detach().requires_grad_()
         with torch.enable_grad():
             (grad,) = torch.autograd.grad(self.support_loss(point).sum(), point)
@@ -150,125 +150,92 @@ def _check_step(step: int, steps: int) -> None:
         raise UserError(f"step must be in 0..{steps} (the model's inner steps), got {step}")
 
 
-def _tile(point: Tensor, n: int, k: int) -> Tensor:
-    """Class-level [B, N*F] -> the model's K shot slots [B,N,K,F] (K equal copies)."""
-    return point.view(point.shape[0], n, 1, -1).expand(-1, -1, k, -1)
-
-
 def latent_space(model: LEO, batch: TaskBatch, step: int = 0) -> AdaptationSpace:
-    """LEO's latent codes z_n, P = N Z: the encoder's output (eval: the means of eq. 3) for
-    ``step=0``, the codes after ``step`` latent steps otherwise.
-
-    logits(z) = <x, mu_d(z_n)>: the class weights are the decoder's mean half (eq. 4 without
-    sampling), as in the model's own ``forward_decoder``.
-    """
+    """LEO's class codes z_n [B, N, Z] with features W_mu^T x: the encoder's output (eval: the
+    means of eq. 3) for ``step=0``, the codes after ``step`` latent steps otherwise."""
     _check_leo(model, "latent_space")
     x, y = _task_tensors(model, batch)
-    _, n, k, _ = x.shape
     _check_step(step, model.config.inner_unroll_length)
     if step == 0:
-        point = _class_codes(model, x)
+        z = _class_codes(model, x)
     else:
-        point = _latent_adaptation(model, x, y).z_trajectory[step][:, :, 0]
-
-    def logits_of(point: Tensor, sx: Tensor, sy: Tensor) -> Tensor:
-        with evaluation_mode(model):
-            _, W = model.forward_decoder(_tile(point, n, k), sx, sy)
-            return model.predict(sx, W)
-
-    return AdaptationSpace("latent", point.flatten(1), x, y, logits_of)
+        z = _latent_adaptation(model, x, y).z_trajectory[step][:, :, 0]
+    return AdaptationSpace("latent", z, x @ decoder_mean(model).to(x.dtype), y)
 
 
 def weight_space(model: LEO | MAML, batch: TaskBatch, step: int = 0) -> AdaptationSpace:
-    """Class weights w_n (the paper's theta), P = N D, where the model starts adapting them
-    (``step=0``) or after ``step`` of its inner steps (:func:`theta_trajectory`).
+    """Class weights w_n [B, N, D] (the paper's theta) with features x, where the model starts
+    adapting them (``step=0``) or after ``step`` of its inner steps (:func:`theta_trajectory`).
 
     LEO (any variant; gen+ft is ``LEOConfig(inner_unroll_length=0)``): the weights decoded
     from the encoder's codes, where fine-tuning starts when there are no latent steps.
     MAML / Meta-SGD: the meta-learned initialisation W_0, the same for every task.
-    logits(w) = <x, w_n> in both.
     """
     x, y = _task_tensors(model, batch)
     b, n, k, d = x.shape
-    if isinstance(model, LEO):
-        if step == 0:
-            z = _class_codes(model, x)
-            with evaluation_mode(model), torch.no_grad():
-                _, W = model.forward_decoder(_tile(z.flatten(1), n, k), x, y)
-            point = W.mean(dim=2)  # [B, N, D]
-
-        def logits_of(point: Tensor, sx: Tensor, sy: Tensor) -> Tensor:
-            with evaluation_mode(model):
-                return model.predict(sx, _tile(point, n, sx.shape[2]))
-
-    elif isinstance(model, MAML):
-        point = model.w_init.detach().expand(b, n, d)
-
-        def logits_of(point: Tensor, sx: Tensor, sy: Tensor) -> Tensor:
-            return linear_logits(sx, point.view(point.shape[0], n, -1))
-
-    else:
+    if not isinstance(model, (LEO, MAML)):
         raise UserError(
             f"weight_space needs a LEO, MAML or MetaSGD model, got {type(model).__name__}"
         )
     _check_step(step, model.config.inner_unroll_length)
-    if step != 0:
-        point = theta_trajectory(model, batch)[:, step]
-    return AdaptationSpace("weights", point.flatten(1), x, y, logits_of)
+    if step > 0:
+        w = theta_trajectory(model, batch)[:, step]
+    elif isinstance(model, LEO):
+        z = _class_codes(model, x)
+        with evaluation_mode(model), torch.no_grad():
+            _, W = model.forward_decoder(z[:, :, None].expand(-1, -1, k, -1), x, y)
+        w = W.mean(dim=2)
+    else:
+        w = model.w_init.detach().expand(b, n, d)
+    return AdaptationSpace("weights", w, x, y)
 
 
 # ---------------------------------------------------------------------------- (a) curvature
 def full_hessian(space: AdaptationSpace) -> Tensor:
     """The Hessian of L^tr w.r.t. the point, task by task, with ``torch.func.hessian``
-    (forward-over-reverse): [B, P, P]. The plain reference; P = N D = 3 200 for 640-d
-    embeddings makes this about 80 MB and seconds per task."""
+    (forward-over-reverse): [B, N F, N F], class-major. The plain reference; N F = 3 200 for
+    640-d embeddings makes this about 80 MB and seconds per task."""
     hessians = []
     for i in range(space.point.shape[0]):
         one = space.task(i)
-        h = torch.func.hessian(lambda p, one=one: one.support_loss(p[None])[0])(one.point[0])
-        hessians.append(h.detach())
+        shape = one.point.shape
+
+        def loss(p: Tensor, one: AdaptationSpace = one, shape: torch.Size = shape) -> Tensor:
+            return one.support_loss(p.view(shape))[0]
+
+        hessians.append(torch.func.hessian(loss)(one.point.flatten()).detach())
     return torch.stack(hessians)
-
-
-def _logit_jacobian(space: AdaptationSpace) -> Tensor:
-    """d logits / d point per task: [B, M, P] with M = N K N (tasks are independent, so the
-    Jacobian of the logits summed over tasks holds each task's own block)."""
-    point = space.point.detach()
-    b = point.shape[0]
-    with torch.enable_grad():
-        jac = torch.func.jacrev(lambda p: space.logits(p).sum(0))(point)  # [N, K, N, B, P]
-    return jac.detach().reshape(-1, b, point.shape[1]).transpose(0, 1)
 
 
 def factored_hessian_eigenvalues(space: AdaptationSpace) -> Tensor:
     """The non-zero spectrum of the Hessian of L^tr from its factorisation, in M = N K N
-    dimensions instead of P: [B, M] eigenvalues, ascending (float64).
+    dimensions instead of N F: [B, M] eigenvalues, ascending (float64).
 
-    With logits l_i = J_i p linear in the point, H = sum_i J_i^T S_i J_i exactly, where
-    S_i = diag(q_i) - q_i q_i^T is the softmax Hessian of example i (q_i its probabilities):
-    the term with the second derivative of the logits vanishes. S_i = A_i A_i^T with
-    A_i = diag(sqrt q_i) - q_i sqrt(q_i)^T, so H = F^T F with the rows F_i = A_i^T J_i, and the
-    non-zero eigenvalues of F^T F [P, P] are those of F F^T [M, M].
+    With logits l_i = <phi_i, p_c> (phi_i the features of example i), H = sum_i S_i (x) phi_i
+    phi_i^T exactly, S_i = diag(q_i) - q_i q_i^T the softmax Hessian of example i (q_i its
+    probabilities). S_i = A_i A_i^T with A_i = diag(sqrt q_i) - q_i sqrt(q_i)^T, so H = F^T F
+    with F_i = A_i^T (x) phi_i^T, and the non-zero eigenvalues of F^T F are those of
+    F F^T [M, M], whose blocks are (F F^T)_ij = <phi_i, phi_j> A_i^T A_j [N, N].
     """
-    b, n, k, _ = space.support_x.shape
-    jac = _logit_jacobian(space).double().view(b, n * k, n, -1)  # [B, NK, N, P]
+    b, n, k, f = space.features.shape
+    phi = space.features.detach().double().reshape(b, n * k, f)
     q = torch.softmax(space.logits().detach().double(), dim=-1).view(b, n * k, n)  # [B, NK, N]
     root = q.sqrt()
     a = torch.diag_embed(root) - q[..., :, None] * root[..., None, :]  # A_i [B, NK, N, N]
-    f = (a.transpose(-1, -2) @ jac).reshape(b, n * k * n, -1)  # F [B, M, P]
-    return torch.linalg.eigvalsh(f @ f.transpose(1, 2))
+    kernel = phi @ phi.transpose(1, 2)  # <phi_i, phi_j> [B, NK, NK]
+    blocks = torch.einsum("bica,bjcd->bijad", a, a) * kernel[..., None, None]
+    return torch.linalg.eigvalsh(blocks.transpose(2, 3).reshape(b, n * k * n, n * k * n))
 
 
 def hessian_eigenvalues(space: AdaptationSpace, method: str = "factored") -> Tensor:
     """Absolute eigenvalues of the Hessian of L^tr w.r.t. the space's point (Fig. 4a):
     [B, R], largest first, float64, with R = ``space.rank_bound``.
 
-    The other P - R eigenvalues are exactly zero (see ``AdaptationSpace.rank_bound``).
-    ``method="factored"`` (default) computes the
-    spectrum from the Hessian's factorisation in N K N dimensions
-    (:func:`factored_hessian_eigenvalues`: milliseconds per task); ``"full"`` builds the whole
-    P x P Hessian with ``torch.func`` (:func:`full_hessian`) and diagonalises it: the reference
-    the tests compare with.
+    The other N F - R eigenvalues are exactly zero (see ``AdaptationSpace.rank_bound``).
+    ``method="factored"`` (default) computes the spectrum from the Hessian's factorisation in
+    N K N dimensions (:func:`factored_hessian_eigenvalues`: milliseconds per task); ``"full"``
+    builds the whole Hessian with ``torch.func`` (:func:`full_hessian`) and diagonalises it: the
+    reference the tests compare with.
     """
     if method not in HESSIAN_METHODS:
         raise UserError(f"unknown method {method!r}; use one of {', '.join(HESSIAN_METHODS)}")
@@ -355,8 +322,8 @@ def predicted_latent_step(model: LEO, batch: TaskBatch) -> Tensor:
     the first latent step as the identity predicts it (compare with
     ``theta_trajectory(model, batch)[:, 1] - [:, 0]``)."""
     space = weight_space(model, batch)
-    b, n, k, d = space.support_x.shape
-    grad = space.gradient().view(b, n, d)
+    grad = space.gradient()  # [B, N, D]
+    k = space.features.shape[2]
     return -grad @ latent_preconditioner(model, k).to(grad.dtype)  # P is symmetric
 
 

@@ -62,40 +62,69 @@ def finite_difference_hessian(f, p, h=1e-4):
 
 
 # ------------------------------------------------------------------------------- Hessians
+def model_support_loss(model, space_name, x, y):
+    """The model's own summed support loss (eval mode) as a function of one task's flattened
+    class codes or class weights: the reference the spaces are checked against."""
+    n, k = x.shape[1], x.shape[2]
+
+    def loss(p):
+        tiled = p.view(1, n, 1, -1).expand(-1, -1, k, -1)
+        model.eval()
+        try:
+            if space_name == "latent":
+                per_example, _ = model.forward_decoder(tiled, x, y)
+            else:
+                per_example = model.loss_fn(model.predict(x, tiled), y)
+        finally:
+            model.train()
+        return per_example.sum()
+
+    return loss
+
+
 @pytest.mark.parametrize("space_name", ["latent", "weights"])
-def test_full_hessian_of_the_support_loss_matches_finite_differences(space_name):
+def test_full_hessian_matches_finite_differences_of_the_models_own_support_loss(space_name):
     model = random_leo(z=2, d=6, n=3)
     batch = random_batch(b=2, n=3, k=2, d=6)
-    space = curvature.latent_space(model, batch) if space_name == "latent" else None
-    space = space or curvature.weight_space(model, batch)
+    make = curvature.latent_space if space_name == "latent" else curvature.weight_space
+    space = make(model, batch)
     hessians = curvature.full_hessian(space)
+    assert hessians.shape == (2, 6 if space_name == "latent" else 18, hessians.shape[2])
     for i in range(2):
-        one = space.task(i)
+        loss = model_support_loss(
+            model, space_name, batch.support_x[i : i + 1], batch.support_y[i : i + 1]
+        )
         with torch.no_grad():
-            numeric = finite_difference_hessian(
-                lambda p, one=one: one.support_loss(p[None])[0], one.point[0]
-            )
+            numeric = finite_difference_hessian(loss, space.point[i].flatten())
         assert torch.allclose(hessians[i], numeric, atol=1e-6)
         assert torch.allclose(hessians[i], hessians[i].T)
 
 
-def test_support_loss_is_the_summed_cross_entropy_and_its_gradient_matches_finite_differences():
+@pytest.mark.parametrize("space_name", ["latent", "weights"])
+def test_space_logits_loss_and_gradient_are_the_models_own_anywhere(space_name):
+    # the spaces rewrite the model's scoring as a linear classifier on features (x, or
+    # W_mu^T x for z): check it against the model at the point and at a random other point
     model = random_leo()
     batch = random_batch(b=2, k=3)
-    space = curvature.latent_space(model, batch)
-    with torch.no_grad():
-        model.eval()
-        losses, _ = model.forward_decoder(
-            space.point.view(2, 5, 1, 4).expand(-1, -1, 3, -1), space.support_x, space.support_y
-        )
-        model.train()
-    assert torch.allclose(space.support_loss(), losses.sum(dim=(1, 2)))
-    grad, h = space.gradient(), 1e-6
+    make = curvature.latent_space if space_name == "latent" else curvature.weight_space
+    space = make(model, batch)
+    other = space.point + torch.randn_like(space.point)
+    for point in (space.point, other):
+        for i in range(2):
+            loss = model_support_loss(
+                model, space_name, batch.support_x[i : i + 1], batch.support_y[i : i + 1]
+            )
+            with torch.no_grad():
+                assert space.support_loss(point)[i] == pytest.approx(
+                    loss(point[i].flatten()).item(), rel=1e-12
+                )
+    grad, h = space.gradient(other).flatten(1), 1e-6
     for j in (0, 7, 19):
-        e = torch.zeros_like(space.point)
+        e = torch.zeros_like(other).flatten(1)
         e[:, j] = h
+        e = e.view_as(other)
         with torch.no_grad():
-            numeric = space.support_loss(space.point + e) - space.support_loss(space.point - e)
+            numeric = space.support_loss(other + e) - space.support_loss(other - e)
         assert torch.allclose(grad[:, j], numeric / (2 * h), atol=1e-7)
 
 
@@ -236,13 +265,13 @@ def test_spaces_after_some_inner_steps_sit_on_the_models_own_trajectory(which):
     start, after = make(model, batch), make(model, batch, step=2)
     if which == "leo-latent":  # z_2 = z_0 - alpha * (grad at z_0 + grad at z_1), per copy / K
         grads = [start.gradient(), make(model, batch, step=1).gradient()]
-        alpha = model.inner_lr.detach().repeat(5)
+        alpha = model.inner_lr.detach()
         expected = start.point - alpha * (grads[0] + grads[1]) / 2
         assert torch.allclose(after.point, expected, atol=1e-12)
     else:
         path = curvature.theta_trajectory(model, batch)
-        assert torch.allclose(start.point, path[:, 0].flatten(1))
-        assert torch.allclose(after.point, path[:, 2].flatten(1))
+        assert torch.allclose(start.point, path[:, 0])
+        assert torch.allclose(after.point, path[:, 2])
     # curvature changes along the way (the softmax sharpens as the support loss falls)
     assert (after.support_loss() < start.support_loss()).all()
     with pytest.raises(UserError, match="step must be in 0..3"):
