@@ -28,6 +28,14 @@ logits; at evaluation the K copies are equal, and the gradient w.r.t. one copy i
 class gradient. So the Hessian w.r.t. the K tiled copies has the class-level eigenvalues divided
 by K (and zeros), and a step of rate alpha on every copy moves the class code by alpha / K times
 the class gradient: this is where the 1/K in P comes from.
+
+Example::
+
+    space = latent_space(leo, batch)                 # z_n of every task in the batch
+    hessian_eigenvalues(space)                       # [B, R], largest first
+    stats = {"LEO": curvature_statistics(leo, bank.split("test"), tasks=1000),
+             "Meta-SGD": curvature_statistics(meta_sgd, bank.split("test"), tasks=1000)}
+    plot_figure4(stats)
 """
 
 from __future__ import annotations
