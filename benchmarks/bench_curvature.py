@@ -214,8 +214,9 @@ def main() -> int:
                 curvature.hessian_eigenvalues(space, method)
             times[method] = (time.perf_counter() - t0) / 3
         print(
-            f"  one task, {name} (P = {space.point.shape[1]}): factored {times['factored']:.4f} s,"
-            f" full {times['full']:.3f} s ({times['full'] / times['factored']:.0f}x)"
+            f"  one task, {name} (P = {space.point[0].numel()}): "
+            f"factored {times['factored']:.4f} s, full {times['full']:.3f} s "
+            f"({times['full'] / times['factored']:.0f}x)"
         )
     print(f"total {time.perf_counter() - start:.0f} s (load: {os.getloadavg()[0]:.1f})")
     return 0
