@@ -136,6 +136,16 @@ class LEOOutput:
     query_logits: Tensor
     support_losses: list[Tensor] = field(default_factory=list)
 
+    def training_metrics(self) -> dict[str, float]:
+        """What the training loop logs for this step: means over the batch's tasks."""
+        terms = {
+            "loss": self.query_loss,
+            "accuracy": self.query_accuracy,
+            "kl": self.kl,
+            "encoder_penalty": self.encoder_penalty,
+        }
+        return {name: t.detach().mean().item() for name, t in terms.items()}
+
 
 class LEO(nn.Module):
     """Latent Embedding Optimization (Rusu et al., 2019), faithful to the official code.
