@@ -38,11 +38,12 @@ import torch  # noqa: E402
 
 from leo_tutorial import curvature  # noqa: E402
 from leo_tutorial.baselines import BaselineConfig  # noqa: E402
-from leo_tutorial.cli import COMPARE_DEFAULTS, auto_preset  # noqa: E402
+from leo_tutorial.cli import COMPARE_DEFAULTS  # noqa: E402
 from leo_tutorial.compare import fit  # noqa: E402
 from leo_tutorial.config import TrainConfig, preset  # noqa: E402
 from leo_tutorial.data import EpisodeSampler, SyntheticConfig, subspace_basis  # noqa: E402
-from leo_tutorial.data.sources import glyphs_spec, load_bank, synthetic_spec  # noqa: E402
+from leo_tutorial.runtime import SeedPurpose  # noqa: E402
+from leo_tutorial.sources import glyphs_spec, load_bank, source_of, synthetic_spec  # noqa: E402
 from leo_tutorial.training import evaluate, train  # noqa: E402
 
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -77,7 +78,7 @@ def main() -> int:
         val_tasks=COMPARE_DEFAULTS["val_tasks"],
         test_tasks=COMPARE_DEFAULTS["test_tasks"],
     )
-    leo_config = preset(auto_preset("auto", args.data, "miniImageNet", 5, args.shot))
+    leo_config = preset(source_of(spec).preset(spec, 5, args.shot))
     basis = subspace_basis(SyntheticConfig()) if args.data == "synthetic" else None
 
     models, trackers, accuracy = {}, {}, {}
@@ -112,7 +113,7 @@ def main() -> int:
         k_shot=tc.k_shot,
         tasks=tc.test_tasks,
         batch_size=tc.eval_batch_size,
-        seed=[tc.seed, 2],
+        seed=[tc.seed, SeedPurpose.TEST],
     )
     train_seconds = time.perf_counter() - start
     print(
@@ -128,7 +129,7 @@ def main() -> int:
     t0 = time.perf_counter()
     stats = {
         name: curvature.curvature_statistics(
-            model, test_split, k_shot=args.shot, tasks=args.tasks, seed=[tc.seed, 2]
+            model, test_split, k_shot=args.shot, tasks=args.tasks, seed=[tc.seed, SeedPurpose.TEST]
         )
         for name, model in models.items()
     }
@@ -163,7 +164,7 @@ def main() -> int:
     print()
     leo = models["LEO"]
     sampler = EpisodeSampler(test_split, 5, args.shot, 1)
-    batch = sampler.sample(200, [tc.seed, 2])
+    batch = sampler.sample(200, [tc.seed, SeedPurpose.TEST])
     for dtype in (torch.float32, torch.float64):
         model, b = leo.to(dtype), batch.to(dtype=dtype)
         path = curvature.theta_trajectory(model, b)
