@@ -336,6 +336,7 @@ def test_subspace_alignment_of_projectors_diagonals_and_the_best_diagonal_bound(
     assert 4 / 40 <= best < 1
 
 
+@pytest.mark.slow
 def test_subspace_tracker_records_the_decoder_after_every_validation_and_meta_training_aligns_it(
     tmp_path,
 ):

@@ -158,6 +158,7 @@ def test_deck_from_nbconvert_follows_the_rule(tmp_path):
     assert "unpkg.com" not in html
 
 
+@pytest.mark.slow
 def test_build_slides_command(tmp_path):
     path = ROOT / "notebooks" / "02_encoder_relation_net.ipynb"
     cmd = [
@@ -270,6 +271,7 @@ def decks(tmp_path_factory):
     return [build_slides.build_deck(path, target, export) for path in NOTEBOOKS]
 
 
+@pytest.mark.slow
 def test_every_slide_of_every_deck_fits_a_1280_by_720_screen(decks):
     from playwright.sync_api import sync_playwright
 
