@@ -83,9 +83,7 @@ class Method:
     build: Callable[[LEOConfig, BaselineConfig, int, int, torch.dtype], nn.Module]
     meta_learned: bool
     search_space: Callable[[LEOConfig], dict[str, Range]]
-    apply: Callable[
-        [LEOConfig, BaselineConfig, dict[str, float]], tuple[LEOConfig, BaselineConfig]
-    ]
+    apply: Callable[[LEOConfig, BaselineConfig, dict[str, float]], tuple[LEOConfig, BaselineConfig]]
     selected_on_val: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 

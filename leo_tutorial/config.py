@@ -157,6 +157,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Ours, not the paper's: the official defaults with a larger outer learning rate, so that
     # the synthetic benchmark trains in minutes instead of hours (benchmarks/ has the sweep).
     "synthetic": dict(outer_lr=3e-3),
+    # PROVISIONAL (replaced by the values benchmarks/bench_robustness.py measures)
+    "cpu-1shot": dict(outer_lr=3e-3),
+    "cpu-5shot": dict(outer_lr=3e-3),
 }
 
 
