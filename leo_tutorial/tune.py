@@ -311,7 +311,8 @@ def tune_methods(
 ) -> dict[str, dict[str, Any]]:
     """The same search budget for every meta-learned method among ``methods`` (what
     ``compare --tune-trials`` does): ``trials`` trials each over its ``Method.search_space``,
-    scored on S^val, in memory. Returns ``{method: {"params", "trials", "val_accuracy"}}`` for
+    scored on S^val, in memory. Returns ``{method: {"params", "trials", "val_accuracy",
+    "summary"}}`` (``summary``: :func:`summarize` of its study) for
     :func:`leo_tutorial.compare.run_comparison` (``tuned=``); methods without a search space
     (nearest centroid, the probe) are left out and stay as they are."""
     from .compare import METHODS, parse_methods
@@ -333,11 +334,20 @@ def tune_methods(
             direction="maximize",
             sampler=PerTrialSeedSampler(sampler, tc.seed),
             pruner=make_pruner(tc),
+            study_name=f"{name}-{bank.name}-{tc.n_way}way-{tc.k_shot}shot",
+        )
+        study.set_user_attr(
+            "record", study_record({"source": bank.name}, tc, leo_config, space, sampler, name)
         )
         objective = method_objective(name, bank, tc, leo_config, baseline_config, space, device)
         run_trials(study, objective, trials, progress=progress, desc=f"tune {name}")
         best = _best_complete(study)
-        tuned[name] = {"params": dict(best.params), "trials": trials, "val_accuracy": best.value}
+        tuned[name] = {
+            "params": dict(best.params),
+            "trials": trials,
+            "val_accuracy": best.value,
+            "summary": summarize(study, seed=tc.seed),
+        }
         log(f"{name}: best S^val {100 * best.value:.2f}% with {_format_params(best.params)}")
     return tuned
 
