@@ -332,6 +332,20 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------- shared checks
+def _auto_preset(args: argparse.Namespace, spec: dict[str, Any]) -> str | None:
+    """The preset ``--preset auto`` (or no --preset and no --params) stands for, else None."""
+    if args.preset not in (None, "auto") or getattr(args, "params", None) is not None:
+        return None
+    return SOURCES[args.data].preset(spec, args.way, args.shot, args.steps)
+
+
+def _auto_note(args: argparse.Namespace, spec: dict[str, Any]) -> str | None:
+    name = _auto_preset(args, spec)
+    if name is None:
+        return None
+    return f"--preset auto: {name!r} for {args.way}-way {args.shot}-shot, {args.steps} steps"
+
+
 def _configs(args: argparse.Namespace, spec: dict[str, Any]) -> tuple[LEOConfig, TrainConfig]:
     """The model and training configs the flags ask for, errors in flag terms. The model's
     base is ``--params FILE`` or the preset (``auto``: the data source's choice); model flags
@@ -342,10 +356,7 @@ def _configs(args: argparse.Namespace, spec: dict[str, Any]) -> tuple[LEOConfig,
             "--params and --preset both set LEO's hyper-parameters; give one of them "
             "(model flags still override either)"
         )
-    name = args.preset or "auto"
-    if name == "auto" and params is None:
-        name = SOURCES[args.data].preset(spec, args.way, args.shot, args.steps)
-        _log(f"--preset auto: {name!r} for {args.way}-way {args.shot}-shot, {args.steps} steps")
+    name = _auto_preset(args, spec) or args.preset
     overrides = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(LEOConfig)
@@ -394,6 +405,8 @@ def _train(args: argparse.Namespace) -> int:
     leo_config, train_config = _configs(args, spec)
 
     bank = load_bank(spec, log=_log, progress=not args.no_progress)
+    if note := _auto_note(args, spec):
+        _log(note)
     result = train(
         leo_config,
         train_config,
@@ -452,6 +465,8 @@ def _compare(args: argparse.Namespace) -> int:
         lock.acquire()  # refuse a folder another comparison is writing, before hours of work
     try:
         bank = load_bank(spec, log=log, progress=not quiet)
+        if note := _auto_note(args, spec):
+            log(note)
         tuned = None
         if args.tune_trials:
             from .tune import tune_methods
@@ -526,6 +541,8 @@ def _tune(args: argparse.Namespace) -> int:
             study_name=args.study_name,
         )
         bank = load_bank(spec, log=_log, progress=not args.no_progress)
+        if note := _auto_note(args, spec):
+            _log(note)
         result = run_study(
             study,
             url,

@@ -191,9 +191,8 @@ def open_study(
         return study
     record = json.loads(json.dumps(strict_json(record)))  # as stored: tuples -> lists
     differences = [
-        f"{key}: the study has {saved.get(key)!r}, now {record.get(key)!r}"
-        for key in sorted(set(saved) | set(record))
-        if saved.get(key) != record.get(key)
+        f"{key}: the study has {old!r}, now {new!r}"
+        for key, (old, new) in _differences(saved, record).items()
     ]
     if differences:
         raise UserError(
@@ -202,6 +201,18 @@ def open_study(
             + "); repeat its original flags to continue it, or choose another --study-name"
         )
     return study
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train_config.steps": (saved, now), ...}``: the fields that differ, one level deep."""
+    out = {}
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and not prefix:
+            out.update(_differences(a, b, f"{key}."))
+        elif a != b:
+            out[prefix + key] = (a, b)
+    return out
 
 
 def finished_trials(study: Any) -> list[Any]:
