@@ -292,7 +292,9 @@ def run_trials(
             study.stop()
 
     try:
-        study.optimize(objective, callbacks=[after_trial], gc_after_trial=False)
+        with warnings.catch_warnings():  # Optuna 4.0 calls its heartbeat check "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(objective, callbacks=[after_trial], gc_after_trial=False)
     finally:
         bar.close()
 
