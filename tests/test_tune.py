@@ -537,3 +537,17 @@ def test_the_shipped_study_loads_and_plots():
     fig = Figure()
     tune.plot_trials(summary, fig.add_subplot(121))
     tune.plot_importances(summary, fig.add_subplot(122))
+
+
+@pytest.mark.slow
+def test_cli_compare_tune_trials_says_so_in_its_table_and_rows(capsys):
+    fast = CLI_FAST[: CLI_FAST.index("--queries")]  # compare has no --queries, --batch-size
+    args = ["compare", *fast, "--methods", "nearest-centroid,protonet,LEO"]
+    code, out, err = cli(capsys, *args, "--tune-trials", 2)
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].startswith("hyper-parameters tuned: 2 trials on S^val")
+    assert "protonet: searching outer_lr (2 trials on S^val)" in err
+    code, out, err = cli(capsys, *args, "--tune-trials", 2, "--json")
+    rows = {r["method"]: r for r in strict_loads(out)}
+    assert rows["LEO"]["tuned_trials"] == 2 and rows["nearest-centroid"]["tuned_trials"] == 0
+    assert set(rows["protonet"]["tuned_params"]) == {"outer_lr"}
