@@ -407,6 +407,11 @@ def _train(args: argparse.Namespace) -> int:
     bank = load_bank(spec, log=_log, progress=not args.no_progress)
     if note := _auto_note(args, spec):
         _log(note)
+    if args.params is not None:
+        from .tune import params_note
+
+        if note := params_note(args.params, spec, args.way, args.shot):
+            _log(note)
     result = train(
         leo_config,
         train_config,

@@ -530,6 +530,27 @@ def read_params(path: str | Path) -> LEOConfig:
         raise UserError(f"--params {path}: {e}") from None
 
 
+def params_note(path: str | Path, data_spec: dict[str, Any], n_way: int, k_shot: int) -> str | None:
+    """A note when a ``best_params.json`` was found on other data or another task shape than
+    the run that reuses it (allowed, but then the setting is not tuned for this run)."""
+    content = json.loads(Path(path).read_text())
+    tc = content.get("train_config", {}) if isinstance(content, dict) else {}
+    found = {
+        "data": content.get("data") if isinstance(content, dict) else None,
+        "way": tc.get("n_way"),
+        "shot": tc.get("k_shot"),
+    }
+    now = {"data": data_spec, "way": n_way, "shot": k_shot}
+    differ = [k for k in now if found[k] is not None and found[k] != now[k]]
+    if not differ:
+        return None
+    return (
+        f"note: --params {path} was tuned with other {' and '.join(differ)} "
+        f"({', '.join(f'{k} {found[k]!r}' for k in differ if k != 'data') or 'another data spec'}"
+        "); it is used as given"
+    )
+
+
 # ------------------------------------------------------------------------------ tune (LEO)
 @dataclass
 class TuneResult:

@@ -551,3 +551,15 @@ def test_cli_compare_tune_trials_says_so_in_its_table_and_rows(capsys):
     rows = {r["method"]: r for r in strict_loads(out)}
     assert rows["LEO"]["tuned_trials"] == 2 and rows["nearest-centroid"]["tuned_trials"] == 0
     assert set(rows["protonet"]["tuned_params"]) == {"outer_lr"}
+
+
+def test_params_found_on_another_task_shape_get_a_note(tmp_path):
+    path = tmp_path / "best_params.json"
+    spec = synthetic_spec()
+    path.write_text(
+        json.dumps({"leo_config": {}, "data": spec, "train_config": {"n_way": 5, "k_shot": 1}})
+    )
+    assert tune.params_note(path, spec, 5, 1) is None
+    note = tune.params_note(path, spec, 5, 5)
+    assert note.startswith("note: --params") and "shot 1" in note
+    assert "data" in tune.params_note(path, glyphs_spec(), 5, 1)
