@@ -67,7 +67,7 @@ from leo_tutorial.features import ConvNet4, embed_dataset  # noqa: E402
 from leo_tutorial.io import atomic_write_json  # noqa: E402
 from leo_tutorial.sources import glyphs_spec, image_dataset, load_bank  # noqa: E402
 from leo_tutorial.training import evaluate_split, mean_ci95  # noqa: E402
-from leo_tutorial.tune import asset_path, tune_methods  # noqa: E402
+from leo_tutorial.tune import asset_path, format_robustness, tune_methods  # noqa: E402
 
 # One short CPU schedule for every run (small banks, so 15 queries per class at val/test).
 SCHEDULE = dict(
@@ -358,7 +358,7 @@ def main() -> int:
         "load_average": {"start": load_start[0], "end": os.getloadavg()[0]},
         "threads": 1,
     }
-    print_table(result)
+    print(format_robustness(result))
     if args.save_assets and not args.quick:
         print(f"saved {atomic_write_json(ASSETS / 'robustness.json', result)}")
         if STUDY_CELL in tuned:
@@ -376,47 +376,6 @@ def _states(summary: dict[str, Any]) -> dict[str, int]:
     for t in summary["trials"]:
         states[t["state"]] = states.get(t["state"], 0) + 1
     return states
-
-
-def print_table(result: dict[str, Any]) -> None:
-    """One line per cell: accuracies (%), then the paired margins of the defaults."""
-    names = ("LEO defaults", "LEO tuned", "LEO old auto", "protonet", "nearest-centroid")
-    print(
-        f"5-way, {result['schedule']['steps']} steps, {result['trials']} trials; meta-test "
-        f"accuracy (%) over {result['schedule']['test_tasks']} tasks, 95% CI"
-    )
-    print(f"{'cell':<18}" + "".join(f"{n:>18}" for n in names))
-    for r in result["rows"]:
-        label = f"{r['cell']} {r['shot']}-shot" + (" *" if r["role"] == "dev" else "")
-        cells = "".join(
-            f"{100 * r['methods'][n]['accuracy']:>11.2f} +- {100 * r['methods'][n]['ci95']:<4.1f}"
-            for n in names
-        )
-        print(f"{label:<18}{cells}")
-    print("(* dev cell: the defaults were chosen on its S^val)")
-    for r in result["long_schedule"]:
-        print(
-            f"long schedule, {r['cell']} {r['shot']}-shot, {r['steps']} steps: "
-            + ", ".join(f"{k} {100 * v['accuracy']:.2f}" for k, v in r["methods"].items())
-            + "; "
-            + ", ".join(
-                f"{k} {v['points']:+.2f} +- {v['ci95']:.2f}" for k, v in r["margins"].items()
-            )
-        )
-    print("paired margins (points, 95% CI):")
-    for r in result["rows"]:
-        m = r["margins"]
-        print(
-            f"  {r['cell']} {r['shot']}-shot: "
-            + ", ".join(f"{k} {v['points']:+.2f} +- {v['ci95']:.2f}" for k, v in m.items())
-        )
-    for name, t in result["targets"].items():
-        print(f"target {name}: {'met' if t['met'] else 'NOT met'} ({t})")
-    print(
-        f"whole benchmark {result['seconds']:.0f} s at 1 thread "
-        f"(load average {result['load_average']['start']:.1f} -> "
-        f"{result['load_average']['end']:.1f} on a 2-core machine)"
-    )
 
 
 if __name__ == "__main__":

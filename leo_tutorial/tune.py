@@ -437,6 +437,68 @@ def asset_path(data: str, shot: int) -> Path:
     return ASSETS / f"tune_{data}_{shot}shot.json"
 
 
+def load_robustness(path: str | Path | None = None) -> dict[str, Any]:
+    """The measured robustness grid (benchmarks/bench_robustness.py): the CPU presets, how
+    they were chosen, and per cell LEO with them, LEO tuned, ProtoNet and nearest centroid."""
+    from .assets import ASSETS
+
+    path = Path(path) if path is not None else ASSETS / "robustness.json"
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(
+            f"{path} not found; write it with python benchmarks/bench_robustness.py --save-assets"
+        ) from None
+    if not isinstance(result, dict) or not {"rows", "presets", "targets"} <= set(result):
+        raise UserError(f"{path} is not a robustness result (keys rows, presets, targets)")
+    return result
+
+
+def format_robustness(result: dict[str, Any]) -> str:
+    """The robustness grid as a table: one line per cell with accuracies (%), the paired
+    margins of the defaults, the longer-schedule check and whether the targets were met."""
+    names = ("LEO defaults", "LEO tuned", "LEO old auto", "protonet", "nearest-centroid")
+    lines = [
+        f"5-way, {result['schedule']['steps']} steps, {result['trials']} trials; meta-test "
+        f"accuracy (%) over {result['schedule']['test_tasks']} tasks, 95% CI",
+        f"{'cell':<20}" + "".join(f"{n:>17}" for n in names),
+    ]
+    for r in result["rows"]:
+        label = f"{r['cell']} {r['shot']}-shot" + (" *" if r["role"] == "dev" else "")
+        scores = [r["methods"][n] for n in names]
+        lines.append(
+            f"{label:<20}"
+            + "".join(f"{100 * m['accuracy']:>10.2f} +- {100 * m['ci95']:<3.1f}" for m in scores)
+        )
+    lines.append("(* dev cell: the defaults were chosen on its S^val; the others are held out)")
+    lines.append("paired differences (points, 95% CI):")
+    for r in result["rows"]:
+        lines.append(
+            f"  {r['cell']} {r['shot']}-shot: "
+            + ", ".join(
+                f"{k} {v['points']:+.2f} +- {v['ci95']:.2f}" for k, v in r["margins"].items()
+            )
+        )
+    for r in result.get("long_schedule", []):
+        lines.append(
+            f"longer schedule, {r['cell']} {r['shot']}-shot, {r['steps']} steps: "
+            + ", ".join(f"{k} {100 * v['accuracy']:.2f}" for k, v in r["methods"].items())
+            + "; "
+            + ", ".join(
+                f"{k} {v['points']:+.2f} +- {v['ci95']:.2f}" for k, v in r["margins"].items()
+            )
+        )
+    for name, t in result["targets"].items():
+        detail = {k: v for k, v in t.items() if k not in ("met", "rule")}
+        lines.append(f"target {name} ({t['rule']}): {'met' if t['met'] else 'NOT met'} {detail}")
+    lines.append(
+        f"whole benchmark {result['seconds']:.0f} s at {result.get('threads', 1)} thread "
+        f"(load average {result['load_average']['start']:.1f} -> "
+        f"{result['load_average']['end']:.1f} on a 2-core machine)"
+    )
+    return "\n".join(lines)
+
+
 def plot_trials(summary: dict[str, Any], ax: Any) -> Any:
     """S^val accuracy (%) of every trial in order: complete trials as dots, pruned ones (their
     last report) as crosses, the running best as a line."""
