@@ -76,6 +76,7 @@ def test_info_shows_configuration_and_best_validation(trained, capsys):
     assert info["steps_done"] == 150
 
 
+@pytest.mark.slow
 def test_console_script_is_installed_and_runs(tmp_path):
     exe = subprocess.run(
         [sys.executable, "-m", "leo_tutorial.cli", "--help"], capture_output=True, text=True
@@ -83,6 +84,7 @@ def test_console_script_is_installed_and_runs(tmp_path):
     assert exe.returncode == 0 and "train" in exe.stdout and "evaluate" in exe.stdout
 
 
+@pytest.mark.slow
 def test_resume_through_the_cli_equals_one_long_run(tmp_path, capsys):
     args = [
         "train",

@@ -63,6 +63,7 @@ def test_omniglot_needs_a_data_dir(tmp_path, capsys):
     assert "--data-dir" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED_BACKBONES["glyphs"].is_file(), reason="no shipped backbone")
 def test_glyphs_use_the_shipped_backbone(private_cache):
     bank = load_bank(glyphs_spec(), log=lambda m: None, progress=False)
@@ -101,6 +102,7 @@ def test_prepare_omniglot_retrains_and_exports_the_official_layout(tmp_path, pri
     assert "--data-dir" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_readme_main_job_runs(tmp_path, capsys):
     """The README's main-job command, as written there, with a shorter schedule appended."""
     from pathlib import Path

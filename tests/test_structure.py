@@ -217,6 +217,7 @@ HOLDER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_second_train_on_a_busy_folder_is_refused_and_a_killed_holder_does_not_block(
     tmp_path, capsys
 ):
