@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -146,9 +147,7 @@ def open_storage(url: str) -> Any:
             "postgresql://user@host/db"
         ) from None
     try:
-        with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna 4-5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        return _new_storage(url)
     except ImportError as e:  # e.g. postgresql:// without psycopg2
         raise UserError(
             f"--storage {shown_storage(url)}: its database driver is not installed ({e}); "
@@ -160,6 +159,25 @@ def open_storage(url: str) -> Any:
             f"--storage {shown_storage(url)} cannot be opened ({first}); check the URL and "
             "that the database is reachable and writable"
         ) from None
+
+
+def _new_storage(url: str, attempts: int = 8) -> Any:
+    """``RDBStorage(url)``, retried when another worker is creating the same database's tables at
+    the same moment (two fresh workers on one new SQLite file race on Optuna's schema version
+    row: one of them gets an IntegrityError or "database is locked"; the retry finds the
+    tables made)."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna 4-5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _space_record(space: dict[str, Range]) -> dict[str, list[Any]]:
@@ -428,6 +446,45 @@ def load_summary(path: str | Path) -> dict[str, Any]:
     if not isinstance(summary, dict) or not needed <= set(summary):
         raise UserError(f"{path} is not a study summary (keys {', '.join(sorted(needed))})")
     return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A study summary (:func:`load_summary`) as text: what was searched on which data and
+    schedule, how many trials completed or were pruned, the best S^val accuracy, and per
+    parameter its range, the value it started from (the study's base config), the best value
+    and its importance (most important first). Only numbers stored in the summary are shown."""
+    tc = summary.get("train_config", {})
+    states: dict[str, int] = {}
+    for t in summary["trials"]:
+        states[t["state"]] = states.get(t["state"], 0) + 1
+    source = summary.get("data", {}).get("source", "?")
+    lines = [
+        f"study {summary.get('study_name', '?')}: {summary.get('method', 'LEO')} on {source}",
+        f"{tc.get('n_way', '?')}-way {tc.get('k_shot', '?')}-shot, {tc.get('steps', '?')} steps "
+        f"per trial, validated every {tc.get('val_every', '?')} steps on "
+        f"{tc.get('val_tasks', '?')} S^val tasks",
+        f"{len(summary['trials'])} trials ({summary.get('sampler', '?')} sampler): "
+        + ", ".join(f"{n} {state}" for state, n in sorted(states.items())),
+        f"best: trial {summary.get('best_trial', '?')}, "
+        f"S^val accuracy {100 * summary['best_val_accuracy']:.2f}%",
+        f"{'parameter':<30}{'range':>22}{'start':>10}{'best':>10}{'importance':>12}",
+    ]
+    base = summary.get("base_config", {})
+    weights = summary.get("importances") or {}
+    for name in sorted(summary["space"], key=lambda n: -weights.get(n, 0.0)):
+        low, high, log = summary["space"][name]
+        span = f"{low:.3g}..{high:.3g}" + (" (log)" if log else "")
+        start = f"{base[name]:.3g}" if name in base else "-"
+        best = summary["best_params"].get(name)
+        best_text = f"{best:.3g}" if best is not None else "-"
+        weight = f"{100 * weights[name]:.1f}%" if name in weights else "-"
+        lines.append(f"{name:<30}{span:>22}{start:>10}{best_text:>10}{weight:>12}")
+    if test := summary.get("test"):  # tune's final run; none in a --search-only study
+        lines.append(
+            f"the best setting, trained again and tested once: {100 * test['accuracy']:.2f}% "
+            f"+- {100 * test['ci95']:.2f}% on {test['tasks']} S^test tasks"
+        )
+    return "\n".join(lines)
 
 
 def asset_path(data: str, shot: int) -> Path:

@@ -539,6 +539,33 @@ def test_the_shipped_study_loads_and_plots():
     tune.plot_importances(summary, fig.add_subplot(122))
 
 
+def test_a_study_summary_reads_as_text_most_important_parameter_first():
+    summary = {
+        "study_name": "s",
+        "data": {"source": "glyphs"},
+        "train_config": {"n_way": 5, "k_shot": 1, "steps": 200, "val_every": 50, "val_tasks": 9},
+        "base_config": {"outer_lr": 1e-4, "dropout_rate": 0.5},
+        "space": {"outer_lr": [5e-5, 1e-2, True], "dropout_rate": [0.0, 0.6, False]},
+        "sampler": "random",
+        "best_trial": 2,
+        "best_val_accuracy": 0.625,
+        "best_params": {"outer_lr": 0.004, "dropout_rate": 0.25},
+        "importances": {"outer_lr": 0.25, "dropout_rate": 0.75},
+        "trials": [{"state": "complete"}, {"state": "pruned"}, {"state": "complete"}],
+        "test": {"accuracy": 0.5, "ci95": 0.0125, "tasks": 40},
+    }
+    lines = tune.format_summary(summary).splitlines()
+    assert lines[2] == "3 trials (random sampler): 2 complete, 1 pruned"
+    assert lines[3] == "best: trial 2, S^val accuracy 62.50%"
+    assert lines[5].split() == ["dropout_rate", "0..0.6", "0.5", "0.25", "75.0%"]
+    assert lines[6].split() == ["outer_lr", "5e-05..0.01", "(log)", "0.0001", "0.004", "25.0%"]
+    assert lines[7].endswith("50.00% +- 1.25% on 40 S^test tasks")
+    shipped = tune.load_summary(tune.asset_path("glyphs-raw", 1))
+    text = tune.format_summary(shipped)
+    assert f"S^val accuracy {100 * shipped['best_val_accuracy']:.2f}%" in text
+    assert "S^test" not in text  # the shipped study is S^val only
+
+
 @pytest.mark.slow
 def test_cli_compare_tune_trials_says_so_in_its_table_and_rows(capsys):
     fast = CLI_FAST[: CLI_FAST.index("--queries")]  # compare has no --queries, --batch-size
