@@ -39,6 +39,7 @@ import json
 import math
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,16 +169,17 @@ def _new_storage(url: str, attempts: int = 8) -> Any:
     tables made)."""
     from sqlalchemy.exc import IntegrityError, OperationalError
 
-    for attempt in range(attempts):
+    def storage() -> Any:
+        with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna 4-5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+
+    for attempt in range(attempts - 1):
         try:
-            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna 4-5
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+            return storage()
         except (IntegrityError, OperationalError):
-            if attempt == attempts - 1:
-                raise
             time.sleep(0.1 * (attempt + 1))
-    raise AssertionError("unreachable")
+    return storage()  # the last attempt's error reaches the caller
 
 
 def _space_record(space: dict[str, Range]) -> dict[str, list[Any]]:
@@ -454,9 +456,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     parameter its range, the value it started from (the study's base config), the best value
     and its importance (most important first). Only numbers stored in the summary are shown."""
     tc = summary.get("train_config", {})
-    states: dict[str, int] = {}
-    for t in summary["trials"]:
-        states[t["state"]] = states.get(t["state"], 0) + 1
+    states = Counter(t["state"] for t in summary["trials"])
     source = summary.get("data", {}).get("source", "?")
     lines = [
         f"study {summary.get('study_name', '?')}: {summary.get('method', 'LEO')} on {source}",
