@@ -437,6 +437,11 @@ def _train(args: argparse.Namespace) -> int:
     notes = source_of(spec).notes
     for line in notes(spec, args.way, args.shot) if notes else []:
         print(line)
+    if result.test is not None:
+        from .compare import format_reference_rows, reference_rows
+
+        rows = reference_rows(result.test, leo_config, bank, train_config, device)
+        print(format_reference_rows(result.test, result.best_step, rows))
     skipped = len(result.history["skipped"])
     if skipped:
         print(

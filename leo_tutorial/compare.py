@@ -48,6 +48,7 @@ from .model import LEO
 from .runtime import SeedPurpose, resolve_device, step_seed, torch_dtype
 from .training import (
     BestModel,
+    EvalResult,
     check_task_shape,
     evaluate_split,
     make_optimizer,
@@ -222,6 +223,68 @@ def fit(
     )
     best.restore(model)
     return model, {"val_accuracy": best.val_accuracy, "best_step": best.step, **selected}
+
+
+def untrained_leo(
+    leo_config: LEOConfig, bank: FeatureBank, tc: TrainConfig, device: torch.device | str = "cpu"
+) -> nn.Module:
+    """LEO at step 0 of a run of schedule ``tc``: the initialisation meta-training starts from
+    (seed ``[seed, INIT, 0]``, as in :func:`fit` and :func:`training.train`), never trained."""
+    torch.manual_seed(step_seed(tc.seed, SeedPurpose.INIT, 0))
+    baseline_config = BaselineConfig(inner_unroll_length=leo_config.inner_unroll_length)
+    return build_method(
+        "LEO", leo_config, baseline_config, bank.dim, tc.n_way, torch_dtype(tc.dtype)
+    ).to(device)
+
+
+def reference_rows(
+    test: EvalResult,
+    leo_config: LEOConfig,
+    bank: FeatureBank,
+    tc: TrainConfig,
+    device: torch.device | str = "cpu",
+) -> list[dict[str, Any]]:
+    """What meta-training added, on a run's own S^test tasks: LEO untrained (step 0, the same
+    initialisation) and nearest centroid, each with ``accuracy``, ``ci95`` and the trained
+    model's paired ``leo_margin`` +- ``leo_margin_ci95`` (``test``: the trained model's result
+    on those tasks, with its per-task accuracies)."""
+    dtype = torch_dtype(tc.dtype)
+    models = {
+        "LEO untrained (step 0)": untrained_leo(leo_config, bank, tc, device),
+        "nearest centroid": build_method(
+            "nearest-centroid", leo_config, BaselineConfig(), bank.dim, tc.n_way, dtype
+        ).to(device),
+    }
+    rows = []
+    for name, model in models.items():
+        result = evaluate_split(model, bank, tc, "test", device=device)
+        margin, ci = mean_ci95(test.per_task - result.per_task)
+        rows.append(
+            {
+                "method": name,
+                "accuracy": result.accuracy,
+                "ci95": result.ci95,
+                "leo_margin": margin,
+                "leo_margin_ci95": ci,
+            }
+        )
+    return rows
+
+
+def format_reference_rows(test: EvalResult, best_step: int, rows: Sequence[dict]) -> str:
+    """The last lines of ``leo-tutorial train``: the trained model, then :func:`reference_rows`."""
+    lines = [
+        f"on the same {test.tasks} meta-test tasks (95% CI; trained minus other, paired):",
+        f"  {'LEO trained (step ' + str(best_step) + ')':<24} "
+        f"{100 * test.accuracy:6.2f}% +- {100 * test.ci95:.2f}%",
+    ]
+    for r in rows:
+        lines.append(
+            f"  {r['method']:<24} {100 * r['accuracy']:6.2f}% +- {100 * r['ci95']:.2f}%   "
+            f"trained ahead by {100 * r['leo_margin']:+.2f} +- {100 * r['leo_margin_ci95']:.2f} "
+            "points"
+        )
+    return "\n".join(lines)
 
 
 def run_comparison(

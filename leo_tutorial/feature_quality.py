@@ -33,13 +33,13 @@ import numpy as np
 import torch
 
 from .baselines import BaselineConfig
-from .compare import build_method, fit
+from .compare import build_method, fit, untrained_leo
 from .config import LEOConfig, TrainConfig
 from .data import FeatureBank
 from .errors import UserError
 from .features import BackboneRecipe
 from .io import atomic_write_json
-from .runtime import SeedPurpose, resolve_device, step_seed, torch_dtype
+from .runtime import resolve_device
 from .training import evaluate_split, mean_ci95
 
 STUDY_FORMAT = 1
@@ -115,10 +115,7 @@ def measure(
     for name in (*METHODS, STEP0):
         start = time.perf_counter()
         if name == STEP0:  # the same initialisation fit() starts LEO from, not trained
-            torch.manual_seed(step_seed(tc.seed, SeedPurpose.INIT, 0))
-            model = build_method(
-                "LEO", first, baseline_config, bank.dim, tc.n_way, torch_dtype(tc.dtype)
-            ).to(device)
+            model = untrained_leo(first, bank, tc, device)
             info = {"val_accuracy": evaluate_split(model, bank, tc, "val", device=device).accuracy}
             info["best_step"] = 0
         elif name == "LEO":  # every candidate meta-trained; the best on S^val is kept

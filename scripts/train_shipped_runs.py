@@ -18,7 +18,11 @@ and 08 use it. Run this again whenever the glyph data or a stage-1 backbone chan
 
 The teaching run also gets ``seeds.json``: the same command with ``--seed`` 0, 1 and 2 (other
 meta-train batches, initialisation and meta-val tasks), each selected model tested on the seed-0
-meta-test tasks, so the spread between training runs can be read apart from the test tasks.
+meta-test tasks, so the spread between training runs can be read apart from the test tasks; and
+``selection.json``: at every validation of the seed-0 run, the per-task accuracies of the model
+on the run's own meta-val tasks (those it was selected on) and on as many fresh meta-val tasks
+(seed ``[1, VAL]``), so notebook 06 can show the winner's curse of model selection without
+shipping a checkpoint per step.
 """
 
 from __future__ import annotations
@@ -52,11 +56,35 @@ SHIPPED: dict[str, tuple[Callable[[], dict[str, Any]], str, TrainConfig, tuple[i
 KEPT = ("run.json", "best.pt", "metrics.json", "test.json")
 
 
+class SelectionRecorder:
+    """A ``train`` callback: at every validation, the per-task meta-val accuracies of the model
+    on the run's validation tasks (seed ``[seed, VAL]``, what selection sees) and on fresh ones
+    (seed ``[seed + 1, VAL]``), ``val_tasks`` each, rounded to 6 decimals."""
+
+    def __init__(self, bank: Any, schedule: TrainConfig) -> None:
+        self.bank, self.schedule = bank, schedule
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, step: int, metrics: dict[str, Any]) -> None:
+        per_task = {
+            name: [
+                round(float(a), 6)
+                for a in evaluate_split(metrics["model"], self.bank, schedule, "val").per_task
+            ]
+            for name, schedule in (
+                ("selection", self.schedule),
+                ("fresh", self.schedule.replace(seed=self.schedule.seed + 1)),
+            )
+        }
+        self.records.append({"step": step, **per_task})
+
+
 def regenerate(name: str) -> None:
     spec_of, preset_name, schedule, seeds = SHIPPED[name]
     start = time.perf_counter()
     spec = spec_of()
     bank = load_bank(spec, log=lambda message: print(message, file=sys.stderr), progress=False)
+    selection = SelectionRecorder(bank, schedule) if seeds else None
     with tempfile.TemporaryDirectory() as tmp:
         result = train(
             preset(preset_name),
@@ -66,6 +94,7 @@ def regenerate(name: str) -> None:
             data_spec=spec,
             device="cpu",
             progress=False,
+            callback=selection,
             log=lambda message: print(message, file=sys.stderr),
         )
         target = ASSETS / name
@@ -115,6 +144,7 @@ def regenerate(name: str) -> None:
                 f"{100 * run.best_val_accuracy:.2f}% at step {run.best_step}; {test}"
             )
         atomic_write_json(target / "seeds.json", spread)
+        atomic_write_json(target / "selection.json", selection.records)
 
 
 def main(argv: list[str]) -> int:

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from leo_tutorial import compare
-from leo_tutorial.baselines import Baseline, BaselineConfig
+from leo_tutorial.baselines import Baseline, BaselineConfig, NearestCentroid
 from leo_tutorial.cli import main
 from leo_tutorial.config import TrainConfig, preset
 from leo_tutorial.data import SyntheticConfig, make_synthetic_bank
 from leo_tutorial.errors import UserError
 from leo_tutorial.model import LEO
-from leo_tutorial.training import train
+from leo_tutorial.training import evaluate_split, train
 
 TINY = TrainConfig(
     k_shot=1,
@@ -127,6 +127,29 @@ def test_leo_is_fitted_exactly_as_the_train_command_does(bank, tmp_path):
     assert info["val_accuracy"] == result.best_val_accuracy
     reference = result.model.state_dict()
     assert all(torch.equal(t, reference[k]) for k, t in model.state_dict().items())
+
+
+def test_train_reports_step_0_and_nearest_centroid_on_its_own_test_tasks(bank, tmp_path):
+    """The reference rows of `train`: LEO untrained is the run's own initialisation (its S^val
+    accuracy is the run's step-0 validation, exactly), nearest centroid is tested on the same
+    S^test tasks, and each margin is the paired mean difference."""
+    config = preset("synthetic")
+    result = train(
+        config, TINY, bank, tmp_path / "run", device="cpu", progress=False, log=lambda m: None
+    )
+    step0 = compare.untrained_leo(config, bank, TINY)
+    val = evaluate_split(step0, bank, TINY, "val")
+    assert val.accuracy == result.history["val"][0]["accuracy"]
+    rows = compare.reference_rows(result.test, config, bank, TINY)
+    assert [r["method"] for r in rows] == ["LEO untrained (step 0)", "nearest centroid"]
+    nc = evaluate_split(NearestCentroid(None, bank.dim, TINY.n_way), bank, TINY, "test")
+    assert rows[1]["accuracy"] == nc.accuracy
+    for row in rows:
+        assert row["leo_margin"] == pytest.approx(result.test.accuracy - row["accuracy"], abs=1e-12)
+        assert row["leo_margin_ci95"] > 0
+    text = compare.format_reference_rows(result.test, result.best_step, rows)
+    assert f"LEO trained (step {result.best_step})" in text and f"{TINY.test_tasks} meta" in text
+    assert f"{100 * rows[1]['leo_margin']:+.2f} +- " in text
 
 
 def _table_numbers(table: str) -> dict[str, tuple[float, float, float]]:
