@@ -299,9 +299,14 @@ def run_comparison(
     progress: bool = False,
     log: Callable[[str], None] = print,
     tuned: dict[str, dict[str, Any]] | None = None,
+    fitted: dict[str, tuple[nn.Module, dict[str, Any], float]] | None = None,
 ) -> list[dict[str, Any]]:
     """Fit every method in ``methods`` (default: all) on ``bank`` with the same budget and test
     all of them on the same ``train_config.test_tasks`` meta-test tasks. One row per method.
+
+    ``fitted`` maps a method to ``(model, info, seconds)`` fitted already exactly as :func:`fit`
+    would (e.g. LEO from a ``training.train`` run of the same configs and schedule, which is the
+    same model: tests/test_compare.py); it is only tested.
 
     ``tuned`` maps a method to the outcome of its search on S^val (``{"params": ...,
     "trials": T}``, from :func:`leo_tutorial.tune.tune_methods`): it is fitted with those
@@ -328,10 +333,20 @@ def run_comparison(
         log(f"{name}: fitting ({tc.steps} steps)" if method.meta_learned else f"{name}: fitting")
         search = tuned.get(name, {"params": None, "trials": 0})
         start = time.perf_counter()
-        model, info = fit(
-            name, bank, tc, leo_config, baseline_config, device, progress, params=search["params"]
-        )
-        train_seconds = time.perf_counter() - start
+        if name in (fitted or {}):
+            model, info, train_seconds = fitted[name]
+        else:
+            model, info = fit(
+                name,
+                bank,
+                tc,
+                leo_config,
+                baseline_config,
+                device,
+                progress,
+                params=search["params"],
+            )
+            train_seconds = time.perf_counter() - start
         start = time.perf_counter()
         result = evaluate_split(model, bank, tc, "test", device=device, progress=progress)
         row = {

@@ -5,8 +5,8 @@ batch of tasks at a time:
 
 - :func:`collect_codes`: z and the adapted z' (and the whole inner-loop path) over many tasks;
 - :func:`fit_pca` / :func:`tsne`: 2-D pictures of those codes;
-- :func:`within_task_separation`, :func:`class_silhouette`: how separated the codes are, as
-  numbers;
+- :func:`within_task_separation`, :func:`class_silhouette`,
+  :func:`nearest_class_mean_accuracy`: how separated the codes are, as numbers;
 - :func:`inner_step`, :func:`task_trajectory`: the latent update (§2.3.2) one step at a time
   (the explorer widget's callback);
 - :func:`interpolate_class_code`: decode classifiers along the line between two class codes;
@@ -189,6 +189,40 @@ def class_silhouette(codes: np.ndarray, classes: np.ndarray, min_count: int = 5)
     if len(np.unique(classes[keep])) < 2:
         raise UserError(f"fewer than 2 classes occur {min_count} times; collect more tasks")
     return float(silhouette_score(codes[keep], classes[keep]))
+
+
+def nearest_class_mean_accuracy(codes: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Per-task accuracy of a leave-one-out nearest-class-mean rule on the codes: how well a
+    code's class can be read off from where it lies (the paper's "more class-separated", §4.5).
+
+    codes [T, N, Z] with classes [T, N] (the class identity behind each code, e.g. a meta-val
+    class index) -> [T]: per task, the fraction of its codes whose nearest class mean (Euclidean,
+    over every class seen at least twice; the code's own class's mean leaves the code out) is
+    their own class. Codes of classes seen once are not scored; a task with none scored is NaN.
+    Chance is about 1 / (number of classes). Invariant to a global scale of the codes.
+    """
+    codes = np.asarray(codes, dtype=np.float64)
+    classes = np.asarray(classes)
+    if codes.ndim != 3 or classes.shape != codes.shape[:2]:
+        raise UserError(
+            f"need codes [T, N, Z] and classes [T, N], got {codes.shape} and {classes.shape}"
+        )
+    flat, labels = codes.reshape(-1, codes.shape[-1]), classes.reshape(-1)
+    names, index, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if (counts >= 2).sum() < 2:
+        raise UserError("fewer than 2 classes occur twice; collect more tasks")
+    sums = np.zeros((len(names), flat.shape[1]))
+    np.add.at(sums, index, flat)
+    means = sums / counts[:, None]  # [C, Z]
+    d2 = ((flat[:, None] - means[None]) ** 2).sum(-1)  # [T N, C]
+    own = counts[index]
+    scored = own >= 2
+    loo = (sums[index[scored]] - flat[scored]) / (own[scored] - 1)[:, None]  # own mean without x
+    d2[scored, index[scored]] = ((flat[scored] - loo) ** 2).sum(-1)
+    d2[:, counts < 2] = np.inf  # classes seen once have no mean to compare with
+    hits = ((d2.argmin(axis=1) == index) & scored).reshape(classes.shape).sum(axis=1)
+    n_scored = scored.reshape(classes.shape).sum(axis=1)
+    return np.where(n_scored > 0, hits / np.maximum(n_scored, 1), np.nan)
 
 
 # ------------------------------------------------------------------- one task, step by step

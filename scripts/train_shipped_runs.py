@@ -22,12 +22,16 @@ meta-test tasks, so the spread between training runs can be read apart from the 
 ``selection.json``: at every validation of the seed-0 run, the per-task accuracies of the model
 on the run's own meta-val tasks (those it was selected on) and on as many fresh meta-val tasks
 (seed ``[1, VAL]``), so notebook 06 can show the winner's curse of model selection without
-shipping a checkpoint per step.
+shipping a checkpoint per step. Its ``compare`` rows (``compare_glyphs-untrained_1shot.json``,
+nearest centroid, the logistic probe and ProtoNet fitted by ``leo_tutorial.compare`` on the same
+schedule, next to the shipped LEO model: the model ``compare`` would fit, on the same test tasks)
+are written after it; ``--compare-only`` rewrites them from the shipped run without retraining.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -39,20 +43,27 @@ from typing import Any
 import torch
 
 from leo_tutorial import TrainConfig, preset
+from leo_tutorial.compare import asset_path, format_table, run_comparison, save_rows
 from leo_tutorial.io import atomic_write_json
+from leo_tutorial.rundir import load_run
 from leo_tutorial.sources import ASSETS, glyphs_spec, glyphs_untrained_spec, load_bank
 from leo_tutorial.training import evaluate_split, train
 
-# name -> (data spec, LEO preset, schedule, seeds for seeds.json)
-SHIPPED: dict[str, tuple[Callable[[], dict[str, Any]], str, TrainConfig, tuple[int, ...]]] = {
-    "glyphs_leo_1shot": (glyphs_spec, "default", TrainConfig(n_way=5, k_shot=1), ()),
+# name -> (data spec, LEO preset, schedule, seeds for seeds.json, the data's name for its
+# compare rows or None)
+SHIPPED: dict[
+    str, tuple[Callable[[], dict[str, Any]], str, TrainConfig, tuple[int, ...], str | None]
+] = {
+    "glyphs_leo_1shot": (glyphs_spec, "default", TrainConfig(n_way=5, k_shot=1), (), None),
     "glyphs_untrained_leo_1shot": (
         glyphs_untrained_spec,
         "weak-features",
         TrainConfig(n_way=5, k_shot=1, steps=3000, val_every=250),
         (0, 1, 2),
+        "glyphs-untrained",
     ),
 }
+COMPARED = ("nearest-centroid", "logreg", "protonet", "LEO")  # the feature-quality study's methods
 KEPT = ("run.json", "best.pt", "metrics.json", "test.json")
 
 
@@ -79,11 +90,37 @@ class SelectionRecorder:
         self.records.append({"step": step, **per_task})
 
 
+def load(name: str) -> Any:
+    return load_bank(SHIPPED[name][0](), log=lambda m: print(m, file=sys.stderr), progress=False)
+
+
+def ship_comparison(name: str, bank: Any) -> None:
+    """The compare rows of a shipped run: the baselines of :data:`COMPARED` fitted on its
+    schedule, and its LEO model (read back from the assets), all on its test tasks."""
+    _, preset_name, schedule, _, data = SHIPPED[name]
+    model, _ = load_run(ASSETS / name)
+    test = json.loads((ASSETS / name / "test.json").read_text())
+    history = json.loads((ASSETS / name / "metrics.json").read_text())
+    best_val = next(h["accuracy"] for h in history["val"] if h["step"] == test["best_step"])
+    rows = run_comparison(
+        bank,
+        schedule,
+        preset(preset_name),
+        COMPARED,
+        data=data,
+        device="cpu",
+        log=lambda message: print(message, file=sys.stderr),
+        fitted={"LEO": (model, {"val_accuracy": best_val, "best_step": test["best_step"]}, 0.0)},
+    )
+    print(format_table(rows))
+    print(f"  written to {save_rows(asset_path(data, schedule.k_shot), rows)}")
+
+
 def regenerate(name: str) -> None:
-    spec_of, preset_name, schedule, seeds = SHIPPED[name]
+    spec_of, preset_name, schedule, seeds, data = SHIPPED[name]
     start = time.perf_counter()
     spec = spec_of()
-    bank = load_bank(spec, log=lambda message: print(message, file=sys.stderr), progress=False)
+    bank = load(name)
     selection = SelectionRecorder(bank, schedule) if seeds else None
     with tempfile.TemporaryDirectory() as tmp:
         result = train(
@@ -145,6 +182,8 @@ def regenerate(name: str) -> None:
             )
         atomic_write_json(target / "seeds.json", spread)
         atomic_write_json(target / "selection.json", selection.records)
+    if data is not None:
+        ship_comparison(name, bank)
 
 
 def main(argv: list[str]) -> int:
@@ -152,10 +191,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--run", choices=tuple(SHIPPED), action="append", help="which shipped run (default: all)"
     )
+    parser.add_argument(
+        "--compare-only",
+        action="store_true",
+        help="only rewrite the compare rows of the shipped runs that have them, from their files",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     for name in args.run or SHIPPED:
-        regenerate(name)
+        if not args.compare_only:
+            regenerate(name)
+        elif SHIPPED[name][4] is not None:
+            ship_comparison(name, load(name))
     return 0
 
 

@@ -177,6 +177,28 @@ def test_class_silhouette():
         latent.class_silhouette(x[:20], classes[:20])
 
 
+def test_nearest_class_mean_accuracy_exact_values():
+    # [T=4, N=2, Z=1]; class 0 at 0, 1, 5.5; class 1 at 10, 9; classes 2, 3, 4 seen once
+    codes = np.array([[[0.0], [10.0]], [[1.0], [9.0]], [[5.5], [100.0]], [[50.0], [60.0]]])
+    classes = np.array([[0, 1], [0, 1], [0, 2], [3, 4]])
+    per_task = latent.nearest_class_mean_accuracy(codes, classes)
+    # 5.5: its class's mean without it is 0.5 (distance 5), class 1's is 9.5 (distance 4): wrong;
+    # with itself in the mean (13/6, distance 3.3) it would count as right
+    np.testing.assert_array_equal(per_task[:3], [1.0, 1.0, 0.0])
+    assert np.isnan(per_task[3])  # no class of that task was seen twice
+    np.testing.assert_array_equal(
+        latent.nearest_class_mean_accuracy(7 * codes, classes)[:3], per_task[:3]
+    )
+    rng = np.random.default_rng(0)
+    many = rng.integers(0, 40, size=(400, 5))
+    chance = latent.nearest_class_mean_accuracy(rng.normal(size=(400, 5, 8)), many)
+    assert abs(np.nanmean(chance) - 1 / 40) < 0.03
+    clustered = rng.normal(size=(40, 8))[many] * 10 + rng.normal(size=(400, 5, 8))
+    assert np.nanmean(latent.nearest_class_mean_accuracy(clustered, many)) > 0.99
+    with pytest.raises(UserError, match="classes"):
+        latent.nearest_class_mean_accuracy(codes, classes[:, :1])
+
+
 def test_interpolation_ends_with_two_identical_classifiers(bank):
     model = small_model()
     batch = tasks(bank)
