@@ -129,6 +129,36 @@ def test_leo_is_fitted_exactly_as_the_train_command_does(bank, tmp_path):
     assert all(torch.equal(t, reference[k]) for k, t in model.state_dict().items())
 
 
+def test_a_method_fitted_already_is_only_tested(bank, tmp_path):
+    config = preset("synthetic")
+    run = train(
+        config,
+        TINY,
+        bank,
+        tmp_path / "run",
+        device="cpu",
+        progress=False,
+        test=False,
+        log=lambda m: None,
+    )
+    info = {"val_accuracy": run.best_val_accuracy, "best_step": run.best_step}
+    methods = ["nearest-centroid", "LEO"]
+    fitted = compare.run_comparison(
+        bank,
+        TINY,
+        config,
+        methods,
+        device="cpu",
+        log=lambda m: None,
+        fitted={"LEO": (run.model, info, 1.5)},
+    )
+    fresh = compare.run_comparison(bank, TINY, config, methods, device="cpu", log=lambda m: None)
+    for a, b in zip(fitted, fresh, strict=True):
+        for key in ("accuracy", "ci95", "leo_margin", "leo_margin_ci95", "best_step"):
+            assert a[key] == b[key], key
+    assert fitted[1]["train_seconds"] == 1.5
+
+
 def test_train_reports_step_0_and_nearest_centroid_on_its_own_test_tasks(bank, tmp_path):
     """The reference rows of `train`: LEO untrained is the run's own initialisation (its S^val
     accuracy is the run's step-0 validation, exactly), nearest centroid is tested on the same
