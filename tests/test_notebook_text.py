@@ -3,7 +3,6 @@ docs/LEO_SPEC.md §11), the link to the notation table, and the form of the "Pap
 (notebooks/README.md, "Conventions every notebook follows").
 
 Each forbidden pattern below is a mistake the notebooks once made; the test keeps it out.
-Notebooks 06 and 08 are rebuilt under issue 13 and join the list when that lands.
 """
 
 from __future__ import annotations
@@ -23,7 +22,9 @@ CHECKED = [
     "03_decoder",
     "04_inner_loop",
     "05_meta_objective",
+    "06_training",
     "07_ablations_and_baselines",
+    "08_latent_space",
     "09_regression_uncertainty",
 ]
 DOCUMENTS = [
