@@ -18,6 +18,13 @@ of ``leo-tutorial compare`` (same steps, validation and model selection; LEO and
     python benchmarks/bench_curvature.py                      # synthetic, 5-way 1-shot
     python benchmarks/bench_curvature.py --shot 5 --out fig4_synthetic_5shot.npz
     python benchmarks/bench_curvature.py --data glyphs
+    python benchmarks/bench_curvature.py --asset     # regenerate notebook 10's shipped arrays
+
+``--asset`` writes ``leo_tutorial/assets/curvature_<data>_<shot>shot.npz`` (float32): the
+statistics of :func:`leo_tutorial.curvature.curvature_statistics` per model plus, per model,
+``test_accuracy`` and (synthetic) the subspace track ``track_steps`` [C], ``track_angles``
+[C, r] (radians), ``track_alignment`` [C], ``track_val_accuracy`` [C], and ``alignment`` (the
+fraction of the preconditioner's output inside the class subspace, mean over classes).
 
 Runs single-threaded on the CPU (about 5 minutes for 1 000 steps); timings depend on the
 machine's load, say so when quoting them.
@@ -30,6 +37,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -47,6 +55,7 @@ from leo_tutorial.sources import glyphs_spec, load_bank, source_of, synthetic_sp
 from leo_tutorial.training import evaluate, train  # noqa: E402
 
 PERCENTILES = (5, 25, 50, 75, 95)
+ASSETS = Path(__file__).resolve().parents[1] / "leo_tutorial" / "assets"
 
 
 def row(name: str, values: np.ndarray) -> str:
@@ -65,6 +74,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=COMPARE_DEFAULTS["steps"])
     parser.add_argument("--tasks", type=int, default=1000, help="meta-test tasks analysed")
     parser.add_argument("--out", default=None, help="also save the statistics to this .npz")
+    parser.add_argument(
+        "--asset", action="store_true", help="write notebook 10's asset (leo_tutorial/assets)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -219,6 +231,25 @@ def main() -> int:
             f"factored {times['factored']:.4f} s, full {times['full']:.3f} s "
             f"({times['full'] / times['factored']:.0f}x)"
         )
+    if args.asset:
+        asset = {name: dict(values) for name, values in stats.items()}
+        for name in models:
+            asset[name]["test_accuracy"] = np.array(float(accuracy[name].accuracy))
+        if basis is not None:
+            asset["LEO"]["alignment"] = np.array(curvature.subspace_alignment(p_leo, basis))
+            asset["Meta-SGD"]["alignment"] = np.array(np.mean(diag))
+            for name in ("LEO", "gen+ft"):
+                t = trackers[name]
+                asset[name]["track_steps"] = np.array(t.steps)
+                asset[name]["track_angles"] = np.stack(t.angles)
+                asset[name]["track_alignment"] = np.array(t.alignment)
+                asset[name]["track_val_accuracy"] = np.array(t.val_accuracy)
+        for values in asset.values():
+            for key, value in values.items():
+                if value.dtype.kind == "f":
+                    values[key] = value.astype(np.float32)
+        path = ASSETS / f"curvature_{args.data}_{args.shot}shot.npz"
+        print(f"saved {curvature.save_statistics(path, asset)}")
     print(f"total {time.perf_counter() - start:.0f} s (load: {os.getloadavg()[0]:.1f})")
     return 0
 
