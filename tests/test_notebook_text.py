@@ -25,6 +25,7 @@ CHECKED = [
     "05_meta_objective",
     "07_ablations_and_baselines",
     "09_regression_uncertainty",
+    "10_curvature_and_coverage",
 ]
 DOCUMENTS = [
     "notebooks/README.md",
