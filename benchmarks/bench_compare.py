@@ -77,7 +77,7 @@ def main() -> int:
                 val_tasks=args.val_tasks,
                 test_tasks=args.test_tasks,
             )
-            name = SOURCES[data].preset(spec, 5, shot)
+            name = SOURCES[data].preset(spec, 5, shot, args.steps)
             start = time.perf_counter()
             rows = run_comparison(
                 bank,

@@ -105,7 +105,7 @@ def steps_done(run_dir: str | Path) -> int | None:
 def check_resume(saved: dict[str, Any], record: dict[str, Any]) -> None:
     """A resumed run must be the same run; only the number of steps may grow."""
     differences = []
-    for section in ("leo_config", "train_config", "data"):
+    for section in ("train_config", "data", "leo_config"):  # a changed --shot before its preset
         for key in sorted(set(saved[section]) | set(record[section])):
             if key != "steps" and saved[section].get(key) != record[section].get(key):
                 differences.append(

@@ -6,6 +6,7 @@ import pytest
 from test_data_omniglot import make_fake_omniglot
 
 from leo_tutorial.cli import main
+from leo_tutorial.config import PRESETS
 from leo_tutorial.features import SHIPPED_BACKBONES
 from leo_tutorial.sources import glyphs_spec, load_bank, omniglot_spec
 
@@ -51,7 +52,8 @@ def test_omniglot_trains_a_backbone_once_then_reuses_it(tmp_path, private_cache,
     assert len(cached) == 1 and cached[0].startswith("omniglot-convnet4-")
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["data"] == omniglot_spec(tmp_path / "omniglot")
-    assert record["leo_config"]["outer_lr"] == 1e-4  # auto preset: the official defaults
+    outer_lr = PRESETS["cpu-1shot"]["outer_lr"]  # auto preset off the official files
+    assert record["leo_config"]["outer_lr"] == outer_lr
     assert main([*args, "--out", str(tmp_path / "again")]) == 0
     assert "pre-training" not in capsys.readouterr().err  # the cached backbone is reused
     assert main(["evaluate", str(tmp_path / "run"), "--tasks", "4", "--json"]) == 0
@@ -149,7 +151,7 @@ def test_glyphs_untrained_are_the_untrained_convnets_prepool_features(private_ca
     assert len(cached) == 1  # embedded once; an untrained backbone is not cached
     again = load_bank(spec, log=lambda m: None, progress=False)
     assert (again.split("train").embeddings == bank.split("train").embeddings).all()
-    assert SOURCES["glyphs-untrained"].preset(spec, 5, 1) == "weak-features"
+    assert SOURCES["glyphs-untrained"].preset(spec, 5, 1, 3000) == "weak-features"
 
 
 def test_prepare_refuses_retrain_for_a_fixed_backbone(capsys):

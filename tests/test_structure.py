@@ -193,8 +193,8 @@ def test_a_data_flag_the_source_does_not_read_is_refused(tmp_path, capsys):
 
 
 def test_seed_purposes_keep_their_numbers():
-    assert [int(p) for p in SeedPurpose] == [0, 1, 2, 3, 4]
-    assert [p.name for p in SeedPurpose] == ["TRAIN", "VAL", "TEST", "TORCH", "INIT"]
+    assert [int(p) for p in SeedPurpose] == [0, 1, 2, 3, 4, 5]
+    assert [p.name for p in SeedPurpose] == ["TRAIN", "VAL", "TEST", "TORCH", "INIT", "SEARCH"]
 
 
 # --------------------------------------------------------------------- run-directory lock
