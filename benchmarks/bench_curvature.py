@@ -18,6 +18,7 @@ of ``leo-tutorial compare`` (same steps, validation and model selection; LEO and
     python benchmarks/bench_curvature.py                      # synthetic, 5-way 1-shot
     python benchmarks/bench_curvature.py --shot 5 --out fig4_synthetic_5shot.npz
     python benchmarks/bench_curvature.py --data glyphs
+    python benchmarks/bench_curvature.py --data glyphs-untrained   # the real-image teaching setting
     python benchmarks/bench_curvature.py --asset     # regenerate notebook 10's shipped arrays
 
 ``--asset`` writes ``leo_tutorial/assets/curvature_<data>_<shot>shot.npz`` (float32): the
@@ -51,7 +52,12 @@ from leo_tutorial.compare import fit  # noqa: E402
 from leo_tutorial.config import TrainConfig, preset  # noqa: E402
 from leo_tutorial.data import EpisodeSampler, SyntheticConfig, subspace_basis  # noqa: E402
 from leo_tutorial.runtime import SeedPurpose  # noqa: E402
-from leo_tutorial.sources import glyphs_spec, load_bank, synthetic_spec  # noqa: E402
+from leo_tutorial.sources import (  # noqa: E402
+    glyphs_spec,
+    glyphs_untrained_spec,
+    load_bank,
+    synthetic_spec,
+)
 from leo_tutorial.training import evaluate, train  # noqa: E402
 
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -69,7 +75,9 @@ def header(title: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", choices=("synthetic", "glyphs"), default="synthetic")
+    parser.add_argument(
+        "--data", choices=("synthetic", "glyphs", "glyphs-untrained"), default="synthetic"
+    )
     parser.add_argument("--shot", type=int, default=1)
     parser.add_argument("--steps", type=int, default=COMPARE_DEFAULTS["steps"])
     parser.add_argument("--tasks", type=int, default=1000, help="meta-test tasks analysed")
@@ -81,7 +89,11 @@ def main() -> int:
     torch.set_num_threads(1)
     start = time.perf_counter()
 
-    spec = synthetic_spec() if args.data == "synthetic" else glyphs_spec()
+    spec = {
+        "synthetic": synthetic_spec,
+        "glyphs": glyphs_spec,
+        "glyphs-untrained": glyphs_untrained_spec,
+    }[args.data]()
     bank = load_bank(spec, log=lambda _: None, progress=False)
     tc = TrainConfig(
         k_shot=args.shot,
@@ -91,8 +103,13 @@ def main() -> int:
         test_tasks=COMPARE_DEFAULTS["test_tasks"],
     )
     # the presets `--preset auto` picked when the README's numbers were measured (issue 15's
-    # cpu-1shot / cpu-5shot would change them): synthetic for synthetic, the defaults for glyphs
-    leo_config = preset("synthetic" if args.data == "synthetic" else "default")
+    # cpu-1shot / cpu-5shot would change them): synthetic for synthetic, the defaults for glyphs;
+    # the teaching setting's own preset (weak-features, chosen on meta-val) for glyphs-untrained
+    leo_config = preset(
+        {"synthetic": "synthetic", "glyphs": "default", "glyphs-untrained": "weak-features"}[
+            args.data
+        ]
+    )
     basis = subspace_basis(SyntheticConfig()) if args.data == "synthetic" else None
 
     models, trackers, accuracy = {}, {}, {}
