@@ -25,7 +25,9 @@ of ``leo-tutorial compare`` (same steps, validation and model selection; LEO and
 statistics of :func:`leo_tutorial.curvature.curvature_statistics` per model plus, per model,
 ``test_accuracy`` and (synthetic) the subspace track ``track_steps`` [C], ``track_angles``
 [C, r] (radians), ``track_alignment`` [C], ``track_val_accuracy`` [C], and ``alignment`` (the
-fraction of the preconditioner's output inside the class subspace, mean over classes).
+fraction of the preconditioner's output inside the class subspace, mean over classes), and
+``data/mean_direction_energy``: the fraction of the test embeddings' energy along their mean
+direction.
 
 Runs single-threaded on the CPU (about 5 minutes for 1 000 steps); timings depend on the
 machine's load, say so when quoting them.
@@ -184,6 +186,14 @@ def main() -> int:
     for name in ("LEO", "gen+ft"):
         print(row(name, stats[name]["decoder_gain"]))
 
+    # how much of the test embeddings' energy lies along their common mean direction (the
+    # top N-1 eigenvalues of the Hessian in theta come from it; non-negative ReLU features)
+    embeddings = np.asarray(test_split.embeddings, dtype=np.float64)
+    embeddings = embeddings.reshape(-1, embeddings.shape[-1])
+    mean = embeddings.mean(axis=0) / np.linalg.norm(embeddings.mean(axis=0))
+    mean_energy = float(((embeddings @ mean) ** 2).sum() / (embeddings**2).sum())
+    print(f"test embeddings: {mean_energy:.1%} of their energy along their mean direction")
+
     print(header("Fig. 4c: ||Delta theta|| of each inner step (all steps, all tasks)"))
     for name in ("LEO", "Meta-SGD"):
         print(row(f"{name}, all steps", stats[name]["theta_steps"]))
@@ -263,6 +273,7 @@ def main() -> int:
                 asset[name]["track_angles"] = np.stack(t.angles)
                 asset[name]["track_alignment"] = np.array(t.alignment)
                 asset[name]["track_val_accuracy"] = np.array(t.val_accuracy)
+        asset["data"] = {"mean_direction_energy": np.array(mean_energy)}
         for values in asset.values():
             for key, value in values.items():
                 if value.dtype.kind == "f":
