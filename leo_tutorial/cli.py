@@ -193,11 +193,20 @@ def _add_model(parser: argparse.ArgumentParser, title: str) -> None:
             model.add_argument(flag_name(f.name), type=kind, **kw)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default, but no "(default: None)" after flags that have none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="meta-train LEO, select on meta-val, report meta-test",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _add_data(p)
     task = p.add_argument_group("tasks and schedule")
@@ -231,7 +240,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         "tune",
         help="search LEO's hyper-parameters on meta-val (Optuna), then train the best setting "
         "and test it once",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _add_data(p)
     task = p.add_argument_group("tasks and schedule of every trial")
@@ -296,7 +305,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare",
         help="LEO, its ablations and baselines on the same test tasks (the paper's Table 2)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _add_data(p)
     task = p.add_argument_group("tasks and budget (the same for every method)")
