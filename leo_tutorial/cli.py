@@ -348,11 +348,12 @@ def _auto_preset(args: argparse.Namespace, spec: dict[str, Any]) -> str | None:
     return SOURCES[args.data].preset(spec, args.way, args.shot, args.steps)
 
 
-def _auto_note(
+def _check_shape_then_note(
     args: argparse.Namespace, spec: dict[str, Any], bank: Any, tc: TrainConfig, test: bool = True
 ) -> str | None:
-    """What ``--preset auto`` picked, to show once the data has loaded; an impossible task
-    shape fails first, so that its error stays the only line."""
+    """Once the data has loaded: check the task shape against the splits (an impossible shape
+    fails here, so that its error stays the only line), then return what ``--preset auto``
+    picked (None when another preset or ``--params`` was given)."""
     from .training import check_task_shape
 
     check_task_shape(bank, tc, ("train", "val", "test") if test else ("train", "val"))
@@ -421,7 +422,7 @@ def _train(args: argparse.Namespace) -> int:
     leo_config, train_config = _configs(args, spec)
 
     bank = load_bank(spec, log=_log, progress=not args.no_progress)
-    if note := _auto_note(args, spec, bank, train_config):
+    if note := _check_shape_then_note(args, spec, bank, train_config):
         _log(note)
     if args.params is not None:
         from .tune import params_note
@@ -486,7 +487,7 @@ def _compare(args: argparse.Namespace) -> int:
         lock.acquire()  # refuse a folder another comparison is writing, before hours of work
     try:
         bank = load_bank(spec, log=log, progress=not quiet)
-        if note := _auto_note(args, spec, bank, train_config):
+        if note := _check_shape_then_note(args, spec, bank, train_config):
             log(note)
         tuned = None
         if args.tune_trials:
@@ -562,7 +563,7 @@ def _tune(args: argparse.Namespace) -> int:
             study_name=args.study_name,
         )
         bank = load_bank(spec, log=_log, progress=not args.no_progress)
-        if note := _auto_note(args, spec, bank, train_config, test=not args.search_only):
+        if note := _check_shape_then_note(args, spec, bank, train_config, test=not args.search_only):
             _log(note)
         result = run_study(
             study,
