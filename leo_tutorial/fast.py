@@ -1,0 +1,469 @@
+"""The fused meta-step: ``LEO.forward`` with the numbers of ``model.py``, several times faster.
+
+``model.py`` is the reference: it reads like the paper and differentiates its inner loops with
+``torch.autograd.grad``. This module computes the same loss, outputs and meta-gradient (tested
+to 1e-10 in float64, same seeded noise and dropout) with:
+
+1. **Hand-written backward passes.** The latent loop, fine-tuning and the query loss are one
+   ``torch.autograd.Function``: inner gradients in closed form (d sum CE / d logits = softmax -
+   onehot, pushed back through the classifier, the sampling step and the linear decoder), and
+   in its backward the second-order terms as Hessian-vector products in logit space,
+   H v = p * v - p (p . v). The relation network is a second Function that keeps only its two
+   [B, M, M, 2Z] activations (M = N K). Autograd sees a handful of nodes instead of ~1 000.
+2. **Fused weight samples.** Logits only use the class mean of the K weight samples, so the
+   mean half of the decoder runs on the class mean of z (K times fewer rows), and only the
+   std half, where the noise differs per slot, runs per slot. Without sampling (evaluation,
+   deterministic ablation) the K slots of a class are identical: everything runs on one code
+   per class.
+3. **No pair concatenation.** The relation network's first layer splits into W_left h_i +
+   W_right h_j, and the mean over pairs moves before the last, linear layer (both exact).
+4. **A lean evaluation.** Without gradients nothing is recorded for a backward pass, and the
+   path runs under ``torch.inference_mode()``.
+
+Random draws come from :mod:`leo_tutorial.noise` in the reference's order, so both paths see
+identical noise and dropout masks. The step methods of ``LEO`` are not called: a model whose
+step methods are overridden (a subclass or a monkeypatched instance) runs the reference
+instead (:func:`applies`). Outputs other than the loss terms (trajectories, weights, logits,
+support losses) come back detached; differentiate through them with ``reference=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from . import losses, noise
+from .model import LEO, STD_FLOOR, LEOOutput
+
+# LEO's methods that the fused step replaces: overriding any of them selects the reference.
+STEP_METHODS = (
+    "weights",
+    "dropout",
+    "encoder",
+    "relation_network",
+    "average_codes_per_class",
+    "gaussian_params",
+    "possibly_sample",
+    "forward_encoder",
+    "decoder",
+    "predict",
+    "loss_fn",
+    "forward_decoder",
+    "leo_inner_loop",
+    "finetuning_inner_loop",
+    "regularisers",
+)
+
+
+def applies(model: LEO) -> bool:
+    """Whether ``model.forward`` takes this path: ``reference`` is off and no step is overridden."""
+    if model.config.reference:
+        return False
+    own = vars(model)
+    return all(
+        name not in own and getattr(type(model), name) is getattr(LEO, name)
+        for name in STEP_METHODS
+    )
+
+
+# ------------------------------------------------------------------ relation network (eq. 3)
+def _relation_forward(h: Tensor, w1: Tensor, w2: Tensor, w3: Tensor) -> tuple[Tensor, ...]:
+    """(class codes [B,N,2Z], first and second activations [B,M,M,H] and [B,N,K*M,H], their
+    mean [B,N,H]) for codes h [B,N,K,Z]: mean over shots k and partners j of g_r(h_(n,k), h_j)."""
+    b, n, k, z = h.shape
+    m, hidden = n * k, w2.shape[0]
+    codes = h.reshape(b, m, z)  # [B, M, Z]
+    left = codes @ w1[:, :z].T  # [B, M, H]: W_left h_i
+    right = codes @ w1[:, z:].T  # [B, M, H]: W_right h_j
+    a1 = (left[:, :, None, :] + right[:, None, :, :]).relu_()  # [B, M(i), M(j), H]
+    a2 = (a1.view(-1, hidden) @ w2.T).relu_().view(b, n, k * m, hidden)  # [B, N, K*M, H]
+    mean = a2.mean(dim=2)  # [B, N, H]: mean over the shots of class n and all partners j
+    return mean @ w3.T, a1, a2, mean  # [B, N, 2Z]
+
+
+class _RelationNetwork(torch.autograd.Function):
+    """Class codes of eq. 3 with a hand-written backward: h [B,N,K,Z] -> [B,N,2Z]."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, w1: Tensor, w2: Tensor, w3: Tensor) -> Tensor:  # noqa: ANN001
+        out, a1, a2, mean = _relation_forward(h, w1, w2, w3)
+        ctx.save_for_backward(h, w1, w2, w3, a1, a2, mean)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out: Tensor) -> tuple[Tensor, ...]:  # noqa: ANN001
+        h, w1, w2, w3, a1, a2, mean = ctx.saved_tensors
+        b, n, k, z = h.shape
+        m, hidden = n * k, w2.shape[0]
+        codes = h.reshape(b, m, z)
+        d_w3 = d_out.reshape(-1, d_out.shape[-1]).T @ mean.reshape(-1, hidden)  # [2Z, H]
+        d_mean = (d_out @ w3) / (k * m)  # [B, N, H], shared by the K*M pairs it averages
+        d_pre2 = torch.ops.aten.threshold_backward(d_mean[:, :, None, :].expand_as(a2), a2, 0)
+        d_pre2 = d_pre2.view(-1, hidden)  # [B*M*M, H]
+        d_w2 = d_pre2.T @ a1.view(-1, hidden)  # [H, H]
+        d_pre1 = torch.ops.aten.threshold_backward(d_pre2 @ w2, a1.view(-1, hidden), 0)
+        d_pre1 = d_pre1.view(b, m, m, hidden)
+        d_left, d_right = d_pre1.sum(dim=2), d_pre1.sum(dim=1)  # [B, M, H] each
+        d_w1 = torch.cat(
+            [
+                d_left.reshape(-1, hidden).T @ codes.reshape(-1, z),
+                d_right.reshape(-1, hidden).T @ codes.reshape(-1, z),
+            ],
+            dim=1,
+        )  # [H, 2Z]
+        d_h = d_left @ w1[:, :z] + d_right @ w1[:, z:]  # [B, M, Z]
+        return d_h.view(b, n, k, z), d_w1, d_w2, d_w3
+
+
+# ------------------------------------------------------------------------ the inner loops
+@dataclass
+class _Problem:
+    """Everything the inner loops read besides the parameters, with the random draws made.
+
+    x [B,M,D] support embeddings (M = N K), y [B,M] labels, onehot [B,M,N]; qx [B,Q,D], qy
+    [B,Q] and q_onehot [B,Q,N] the queries (Q = N V); masks: support dropout factors [B,M,D]
+    per decode and fine-tuning step, query_mask [B,Q,D] (None: no dropout); eps: weight noise
+    [B,N,K,D] per decode (None: the means are used).
+    """
+
+    x: Tensor
+    y: Tensor
+    onehot: Tensor
+    qx: Tensor
+    qy: Tensor
+    q_onehot: Tensor
+    masks: list[Tensor | None]
+    query_mask: Tensor | None
+    eps: list[Tensor] | None
+    k_shot: int
+    floor_shift: float  # 1 - the decoder's std offset
+    inner_steps: int
+    finetuning_steps: int
+    second_order: bool
+    tape: _Tape | None = None  # filled by the forward pass
+
+
+def _draw(model: LEO, x: Tensor, qx: Tensor) -> tuple[list, Tensor | None, list | None]:
+    """The loops' random draws in the reference's order (see :mod:`leo_tutorial.noise`):
+    (support masks, query mask, weight noise) for support x [B,N,K,D] and queries qx."""
+    c, rate = model.config, model.config.dropout_rate
+    if not model.training:
+        return [None] * (c.inner_unroll_length + 1 + c.finetuning_unroll_length), None, None
+    eps, masks = [], []
+    for _ in range(c.inner_unroll_length + 1):  # every decode: weight noise, then support mask
+        if model.sampling:
+            eps.append(torch.randn(x.shape, dtype=x.dtype, device=x.device))
+        masks.append(noise.dropout_mask(x.shape, rate, x.dtype, x.device))
+    for _ in range(c.finetuning_unroll_length):  # every fine-tuning step: support mask
+        masks.append(noise.dropout_mask(x.shape, rate, x.dtype, x.device))
+    query_mask = noise.dropout_mask(qx.shape, rate, qx.dtype, qx.device)
+    return masks, query_mask, eps if model.sampling else None
+
+
+@dataclass
+class _Score:
+    """Class-mean weights W [B,N,D] scored on (masked) inputs x [B,M,D]: logits [B,M,N],
+    per-example loss [B,M], softmax p [B,M,N] and, if asked, the support gradient
+    g = d sum CE / dW = (p - onehot)^T x [B,N,D]."""
+
+    W: Tensor
+    x: Tensor
+    logits: Tensor
+    loss: Tensor
+    p: Tensor
+    g: Tensor | None
+
+
+def _score(W: Tensor, x: Tensor, y: Tensor, onehot: Tensor, need_grad: bool) -> _Score:
+    logits = torch.bmm(x, W.transpose(1, 2))  # [B, M, N]
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # [B, M, 1]
+    loss = (lse - logits.gather(-1, y.unsqueeze(-1))).squeeze(-1)  # [B, M]
+    p = torch.exp(logits - lse)  # softmax [B, M, N]
+    g = torch.bmm((p - onehot).transpose(1, 2), x) if need_grad else None  # [B, N, D]
+    return _Score(W, x, logits, loss, p, g)
+
+
+def _hvp(score: _Score, v: Tensor) -> Tensor:
+    """d <v, g> / dW [B,N,D] for the support gradient g of ``score`` (v [B,N,D]): the Hessian
+    of the summed CE in logit space, H u = p * u - p (p . u), between two linear maps."""
+    u = torch.bmm(score.x, v.transpose(1, 2))  # [B, M, N]
+    pu = score.p * u
+    return torch.bmm((pu - score.p * pu.sum(-1, keepdim=True)).transpose(1, 2), score.x)
+
+
+@dataclass
+class _Decode:
+    """W = decode(z) for slot codes z [B,N,S,Z] (S = K when sampling, else 1): class-mean
+    weights W [B,N,D], the class-mean code z_mean [B,N,Z]; when sampling also the per-slot
+    noise term s = std * eps [B,N,S,D] and dW/du = eps * exp(u) where std is above its floor."""
+
+    z: Tensor
+    z_mean: Tensor
+    W: Tensor
+    s: Tensor | None = None
+    dW_du: Tensor | None = None
+
+
+def _decode(z: Tensor, g_mu: Tensor, g_u: Tensor, eps: Tensor | None, shift: float) -> _Decode:
+    z_mean = z[:, :, 0] if z.shape[2] == 1 else z.mean(dim=2)  # [B, N, Z]
+    W = z_mean @ g_mu.T  # [B, N, D]: the mean half is linear, so it runs on class means
+    if eps is None:
+        return _Decode(z, z_mean, W)
+    exp_u = torch.exp(z @ g_u.T)  # [B, N, K, D]: the std half runs per slot
+    above = exp_u - shift  # std before the floor
+    s = torch.clamp(above, min=STD_FLOOR) * eps  # std * eps
+    dW_du = torch.where(above >= STD_FLOOR, exp_u * eps, 0.0)  # clamp passes gradient at ties
+    W = W + (s[:, :, 0] if s.shape[2] == 1 else s.mean(dim=2))
+    return _Decode(z, z_mean, W, s, dW_du)
+
+
+def _latent_gradient(dec: _Decode, g: Tensor, g_mu: Tensor, g_u: Tensor, k: int) -> Tensor:
+    """d sum CE / dz per slot [B,N,S,Z]: each slot holds 1/K of the class gradient g [B,N,D]."""
+    grad = (g @ g_mu)[:, :, None, :]  # [B, N, 1, Z]: through the mean half
+    if dec.dW_du is not None:
+        grad = grad + (g[:, :, None, :] * dec.dW_du) @ g_u  # [B, N, K, Z]: the std half
+    return grad / k
+
+
+@dataclass
+class _Tape:
+    """What the inner loops computed: decodes, latent gradients and support scores of the
+    latent loop (T+1, T, T+1), the fine-tuning scores (T') and the query score."""
+
+    decodes: list[_Decode]
+    grads: list[Tensor]
+    scores: list[_Score]
+    finetunes: list[_Score]
+    query: _Score
+
+
+def _loops(z0: Tensor, g_d: Tensor, alpha: Tensor, eta: Tensor, pb: _Problem) -> _Tape:
+    """The reference's leo_inner_loop, finetuning_inner_loop and query score on class means."""
+    d, k = pb.x.shape[-1], pb.k_shot
+    g_mu, g_u = g_d[:d], g_d[d:]  # [D, Z] each
+    decodes, grads, scores = [], [], []
+    z = z0  # [B, N, S, Z]
+    for t in range(pb.inner_steps + 1):
+        dec = _decode(z, g_mu, g_u, None if pb.eps is None else pb.eps[t], pb.floor_shift)
+        x = pb.x if pb.masks[t] is None else pb.x * pb.masks[t]  # [B, M, D]
+        last = t == pb.inner_steps
+        score = _score(dec.W, x, pb.y, pb.onehot, not last or pb.finetuning_steps > 0)
+        decodes.append(dec)
+        scores.append(score)
+        if not last:
+            grad = _latent_gradient(dec, score.g, g_mu, g_u, k)  # [B, N, S, Z]
+            grads.append(grad)
+            z = torch.addcmul(z, alpha, grad, value=-1.0)  # z' = z - alpha * grad
+    finetunes, score = [], scores[-1]
+    for s in range(pb.finetuning_steps):
+        W = torch.addcmul(score.W, eta / k, score.g, value=-1.0)  # W - eta * g / K: [B, N, D]
+        mask = pb.masks[pb.inner_steps + 1 + s]
+        x = pb.x if mask is None else pb.x * mask
+        score = _score(W, x, pb.y, pb.onehot, s + 1 < pb.finetuning_steps)
+        finetunes.append(score)
+    qx = pb.qx if pb.query_mask is None else pb.qx * pb.query_mask  # [B, Q, D]
+    query = _score(score.W, qx, pb.qy, pb.q_onehot, False)
+    return _Tape(decodes, grads, scores, finetunes, query)
+
+
+class _InnerLoops(torch.autograd.Function):
+    """(z0 [B,N,S,Z], g_d.weight, alpha, eta) -> mean query loss per task [B], with the
+    meta-gradient through all T + T' unrolled steps written by hand (second order unless
+    ``first_order``). The tape is left in ``pb.tape`` for the caller's (detached) outputs."""
+
+    @staticmethod
+    def forward(ctx, z0, g_d, alpha, eta, pb):  # noqa: ANN001
+        tape = _loops(z0, g_d, alpha, eta, pb)
+        ctx.pb, ctx.tape, pb.tape = pb, tape, tape
+        ctx.save_for_backward(g_d, alpha, eta)
+        return tape.query.loss.mean(dim=1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_query_loss: Tensor):  # noqa: ANN001
+        g_d, alpha, eta = ctx.saved_tensors
+        pb, tape = ctx.pb, ctx.tape
+        ctx.tape = None
+        d, z_dim, k = pb.x.shape[-1], g_d.shape[1], pb.k_shot
+        g_mu, g_u = g_d[:d], g_d[d:]
+        # query loss = mean CE over the Q queries: d/dlogits = (p - onehot) / Q per task
+        query = tape.query
+        d_logits = (query.p - pb.q_onehot) * (d_query_loss / query.p.shape[1])[:, None, None]
+        lam = torch.bmm(d_logits.transpose(1, 2), query.x)  # dL/dW [B, N, D] (class means)
+
+        # fine-tuning, last step first: W_{s+1} = W_s - eta * g_s / K
+        d_eta = torch.zeros_like(eta)
+        drivers = [tape.scores[-1], *tape.finetunes]  # the score whose g drove step s
+        for s in reversed(range(pb.finetuning_steps)):
+            d_eta -= (lam * drivers[s].g).sum(dim=(0, 1)) / k
+            if pb.second_order:
+                lam = lam + _hvp(drivers[s], -(eta / k) * lam)
+
+        # the last decode: W_T = g_mu z_mean + mean_slots(std * eps)
+        dec = tape.decodes[-1]
+        slots = dec.z.shape[2]
+        d_mu = lam.reshape(-1, d).T @ dec.z_mean.reshape(-1, z_dim)  # [D, Z]
+        zeta = ((lam @ g_mu) / slots)[:, :, None, :].expand_as(dec.z)  # dL/dz_T [B,N,S,Z]
+        u_terms, u_codes = [], []  # d g_u = sum_i u_terms[i]^T u_codes[i]
+        if dec.dW_du is not None:
+            a = lam[:, :, None, :] * dec.dW_du / slots  # [B, N, S, D]
+            zeta = zeta + a @ g_u
+            u_terms.append(a)
+            u_codes.append(dec.z)
+
+        # the latent steps, last first: z_{t+1} = z_t - alpha * grad_t(z_t, g_d)
+        d_alpha = torch.zeros_like(alpha)
+        for t in reversed(range(pb.inner_steps)):
+            dec, score, grad = tape.decodes[t], tape.scores[t], tape.grads[t]
+            d_alpha -= (zeta * grad).sum(dim=(0, 1, 2))
+            if not pb.second_order:
+                continue  # first order: grad_t is a constant, dL/dz_t = dL/dz_{t+1}
+            omega = -alpha * zeta  # adjoint of grad_t [B, N, S, Z]
+            omega_sum = omega.sum(dim=2)  # [B, N, Z]
+            mu_g = (omega_sum @ g_mu.T) / k  # adjoint of the class gradient g_t [B, N, D]
+            if dec.dW_du is not None:
+                b_u = (omega @ g_u.T) / k  # [B, N, S, D]
+                mu_g = mu_g + (b_u * dec.dW_du).sum(dim=2)
+            lam_t = _hvp(score, mu_g)  # dL/dW_t through g_t [B, N, D]
+            d_mu = d_mu + score.g.reshape(-1, d).T @ (omega_sum.reshape(-1, z_dim) / k)
+            d_mu = d_mu + lam_t.reshape(-1, d).T @ dec.z_mean.reshape(-1, z_dim)
+            zeta = zeta + ((lam_t @ g_mu) / slots)[:, :, None, :]
+            if dec.dW_du is not None:
+                g_slots = score.g[:, :, None, :]  # [B, N, 1, D]
+                c = dec.dW_du * (b_u * g_slots + lam_t[:, :, None, :] / slots)  # [B,N,S,D]
+                zeta = zeta + c @ g_u
+                u_terms += [c, g_slots * dec.dW_du / k]
+                u_codes += [dec.z, omega]
+        if u_terms:  # one GEMM for every contribution to d g_u
+            terms = torch.cat([term.reshape(-1, d) for term in u_terms])
+            d_u = terms.T @ torch.cat([code.reshape(-1, z_dim) for code in u_codes])
+        else:
+            d_u = torch.zeros_like(g_u)
+        d_alpha = d_alpha if pb.inner_steps else None  # unused, as autograd reports it
+        d_eta = d_eta if pb.finetuning_steps else None
+        return zeta, torch.cat([d_mu, d_u]), d_alpha, d_eta, None
+
+
+# ------------------------------------------------------------------------------ forward
+def forward(model: LEO, x: Tensor, y: Tensor, qx: Tensor, qy: Tensor) -> LEOOutput:
+    """``model(batch)`` on inputs checked by ``LEO.check_inputs``: support x [B,N,K,D], labels
+    y [B,N,K], queries qx [B,N,V,D], qy [B,N,V]. Without gradients it runs in inference mode."""
+    if torch.is_grad_enabled():
+        return _forward(model, x, y, qx, qy)
+    with torch.inference_mode():
+        return _forward(model, x, y, qx, qy)
+
+
+def _encode(model: LEO, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(z0 [B,N,S,Z], kl [B], codes [B,N,K,2Z]) as ``LEO.forward_encoder``, with S = 1 slot per
+    class when not sampling. Draws the encoder's dropout mask, then the latent noise."""
+    c, (b, n, k, _) = model.config, x.shape
+    z_dim, like = c.num_latents, dict(dtype=x.dtype, device=x.device)
+    if c.random_prior:
+        if model.sampling:  # one N(0, I) draw per slot
+            z0 = torch.randn((b, n, k, z_dim), **like)
+        else:
+            z0 = x.new_zeros(b, n, 1, z_dim)
+        return z0, x.new_zeros(b), x.new_zeros(b, n, k, 2 * z_dim)
+    h = F.linear(noise.dropout(x, c.dropout_rate) if model.training else x, model.g_e.weight)
+    weights = (h, model.g_r[0].weight, model.g_r[2].weight, model.g_r[4].weight)
+    if torch.is_grad_enabled():
+        class_codes = _RelationNetwork.apply(*weights)  # [B, N, 2Z]
+    else:
+        class_codes = _relation_forward(*weights)[0]
+    codes = class_codes[:, :, None, :]  # [B, N, 1, 2Z]
+    mean, u = codes.chunk(2, dim=-1)  # [B, N, 1, Z] each
+    codes = codes.expand(b, n, k, 2 * z_dim)
+    if not model.sampling:
+        return mean, x.new_zeros(b), codes  # one code per class: the K slots are identical
+    mean = mean.expand(b, n, k, z_dim)
+    std = torch.clamp(torch.exp(u) - 1.0, min=STD_FLOOR).expand(b, n, k, z_dim)
+    z0 = mean + std * torch.randn((b, n, k, z_dim), **like)
+    return z0, losses.kl_estimate(z0, mean, std), codes
+
+
+def _forward(model: LEO, x: Tensor, y: Tensor, qx: Tensor, qy: Tensor) -> LEOOutput:
+    c = model.config
+    b, n, k, d = x.shape
+    v = qx.shape[2]
+    # 1. z ~ q(z | D^tr) (eq. 3)
+    z0, kl, codes = _encode(model, x)
+    # 2. the latent loop, fine-tuning and the query loss (eq. 5), with their random draws
+    masks, query_mask, eps = _draw(model, x, qx)
+    sy, sq = y.reshape(b, n * k), qy.reshape(b, n * v)
+    pb = _Problem(
+        x=x.reshape(b, n * k, d),
+        y=sy,
+        onehot=F.one_hot(sy, n).to(x.dtype),
+        qx=qx.reshape(b, n * v, d),
+        qy=sq,
+        q_onehot=F.one_hot(sq, n).to(x.dtype),
+        masks=[None if m is None else m.view(b, n * k, d) for m in masks],
+        query_mask=None if query_mask is None else query_mask.view(b, n * v, d),
+        eps=eps,
+        k_shot=k,
+        floor_shift=1.0 - model.decoder_stddev_offset,
+        inner_steps=c.inner_unroll_length,
+        finetuning_steps=c.finetuning_unroll_length,
+        second_order=not c.first_order,
+    )
+    params = (z0, model.g_d.weight, model.inner_lr, model.finetune_lr)
+    if torch.is_grad_enabled():
+        query_loss = _InnerLoops.apply(*params, pb)
+        tape = pb.tape
+    else:
+        tape = _loops(*params, pb)
+        query_loss = tape.query.loss.mean(dim=1)
+    pb.tape = None
+    # 3. the meta-objective (eq. 6, 7)
+    z_final = tape.decodes[-1].z
+    penalty = losses.encoder_penalty(z0, z_final) if model.training else x.new_zeros(b)
+    l2, orthogonality = model.regularisers()
+    loss = (
+        (query_loss + c.kl_weight * kl + c.encoder_penalty_weight * penalty).mean()
+        + c.l2_penalty_weight * l2
+        + c.orthogonality_penalty_weight * orthogonality
+    )
+    weights = _slot_weights(model, tape, k)
+    query_logits = tape.query.logits.view(b, n, v, n)
+    return LEOOutput(
+        loss=loss,
+        query_loss=query_loss,
+        query_accuracy=losses.accuracy(query_logits, qy),
+        kl=kl,
+        encoder_penalty=penalty,
+        l2=l2,
+        orthogonality=orthogonality,
+        codes=codes,
+        z=z0.expand(b, n, k, -1),
+        z_trajectory=[z0.expand(b, n, k, -1)]
+        + [dec.z.expand(b, n, k, -1) for dec in tape.decodes[1:]],
+        w_init=weights[0],
+        w_trajectory=weights[:-1],
+        w_adapted=weights[-2],
+        w=weights[-1],
+        query_logits=query_logits,
+        support_losses=[s.loss.mean(dim=1) for s in tape.scores + tape.finetunes],
+    )
+
+
+def _slot_weights(model: LEO, tape: _Tape, k: int) -> list[Tensor]:
+    """The per-slot weights [B,N,K,D] of every decode, then after fine-tuning (detached).
+
+    Slots differ only when sampling; then W = g_mu z + std * eps per slot, and fine-tuning
+    moves every slot by the same step as the class mean."""
+    with torch.no_grad():
+        decodes, final = tape.decodes, tape.query.W
+        b, n, d = final.shape
+        if decodes[-1].s is None or k == 1:
+            return [dec.W[:, :, None, :].expand(b, n, k, d) for dec in decodes] + [
+                final[:, :, None, :].expand(b, n, k, d)
+            ]
+        g_mu = model.g_d.weight[:d]
+        slots = [dec.z @ g_mu.T + dec.s for dec in decodes]  # [B, N, K, D] each
+        return slots + [slots[-1] + (final - decodes[-1].W)[:, :, None, :]]
