@@ -29,6 +29,7 @@ support losses) come back detached; differentiate through them with ``reference=
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -271,6 +272,37 @@ def _loops(z0: Tensor, g_d: Tensor, alpha: Tensor, eta: Tensor, pb: _Problem) ->
     return _Tape(decodes, grads, scores, finetunes, query)
 
 
+def _flatten(tree: object, tensors: list[Tensor]) -> object:
+    """``tree`` (dataclasses, lists, tensors, None) with every tensor replaced by its index in
+    ``tensors`` (appended), for ``save_for_backward``; :func:`_unflatten` undoes it."""
+    if isinstance(tree, Tensor):
+        tensors.append(tree)
+        return len(tensors) - 1
+    if isinstance(tree, list):
+        return [_flatten(item, tensors) for item in tree]
+    if dataclasses.is_dataclass(tree):
+        return dataclasses.replace(
+            tree,
+            **{f.name: _flatten(getattr(tree, f.name), tensors) for f in dataclasses.fields(tree)},
+        )
+    return tree
+
+
+def _unflatten(tree: object, tensors: tuple[Tensor, ...]) -> object:
+    if isinstance(tree, int):
+        return tensors[tree]
+    if isinstance(tree, list):
+        return [_unflatten(item, tensors) for item in tree]
+    if dataclasses.is_dataclass(tree):
+        return dataclasses.replace(
+            tree,
+            **{
+                f.name: _unflatten(getattr(tree, f.name), tensors) for f in dataclasses.fields(tree)
+            },
+        )
+    return tree
+
+
 class _InnerLoops(torch.autograd.Function):
     """(z0 [B,N,S,Z], g_d.weight, alpha, eta) -> mean query loss per task [B], with the
     meta-gradient through all T + T' unrolled steps written by hand (second order unless
@@ -279,29 +311,34 @@ class _InnerLoops(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z0, g_d, alpha, eta, pb):  # noqa: ANN001
         tape = _loops(z0, g_d, alpha, eta, pb)
-        ctx.pb, ctx.tape, pb.tape = pb, tape, tape
-        ctx.save_for_backward(g_d, alpha, eta)
+        pb.tape = tape
+        tensors = [g_d, alpha, eta, pb.q_onehot]
+        ctx.tape = _flatten(tape, tensors)  # the structure; tensors go to save_for_backward
+        ctx.save_for_backward(*tensors)
+        ctx.shape = (pb.x.shape[-1], pb.k_shot, pb.inner_steps, pb.finetuning_steps)
+        ctx.second_order = pb.second_order
         return tape.query.loss.mean(dim=1)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_query_loss: Tensor):  # noqa: ANN001
-        g_d, alpha, eta = ctx.saved_tensors
-        pb, tape = ctx.pb, ctx.tape
-        ctx.tape = None
-        d, z_dim, k = pb.x.shape[-1], g_d.shape[1], pb.k_shot
+        saved = ctx.saved_tensors
+        g_d, alpha, eta, q_onehot = saved[:4]
+        tape = _unflatten(ctx.tape, saved)
+        d, k, inner_steps, finetuning_steps = ctx.shape
+        z_dim = g_d.shape[1]
         g_mu, g_u = g_d[:d], g_d[d:]
         # query loss = mean CE over the Q queries: d/dlogits = (p - onehot) / Q per task
         query = tape.query
-        d_logits = (query.p - pb.q_onehot) * (d_query_loss / query.p.shape[1])[:, None, None]
+        d_logits = (query.p - q_onehot) * (d_query_loss / query.p.shape[1])[:, None, None]
         lam = torch.bmm(d_logits.transpose(1, 2), query.x)  # dL/dW [B, N, D] (class means)
 
         # fine-tuning, last step first: W_{s+1} = W_s - eta * g_s / K
         d_eta = torch.zeros_like(eta)
         drivers = [tape.scores[-1], *tape.finetunes]  # the score whose g drove step s
-        for s in reversed(range(pb.finetuning_steps)):
+        for s in reversed(range(finetuning_steps)):
             d_eta -= (lam * drivers[s].g).sum(dim=(0, 1)) / k
-            if pb.second_order:
+            if ctx.second_order:
                 lam = lam + _hvp(drivers[s], -(eta / k) * lam)
 
         # the last decode: W_T = g_mu z_mean + mean_slots(std * eps)
@@ -318,10 +355,10 @@ class _InnerLoops(torch.autograd.Function):
 
         # the latent steps, last first: z_{t+1} = z_t - alpha * grad_t(z_t, g_d)
         d_alpha = torch.zeros_like(alpha)
-        for t in reversed(range(pb.inner_steps)):
+        for t in reversed(range(inner_steps)):
             dec, score, grad = tape.decodes[t], tape.scores[t], tape.grads[t]
             d_alpha -= (zeta * grad).sum(dim=(0, 1, 2))
-            if not pb.second_order:
+            if not ctx.second_order:
                 continue  # first order: grad_t is a constant, dL/dz_t = dL/dz_{t+1}
             omega = -alpha * zeta  # adjoint of grad_t [B, N, S, Z]
             omega_sum = omega.sum(dim=2)  # [B, N, Z]
@@ -344,8 +381,8 @@ class _InnerLoops(torch.autograd.Function):
             d_u = terms.T @ torch.cat([code.reshape(-1, z_dim) for code in u_codes])
         else:
             d_u = torch.zeros_like(g_u)
-        d_alpha = d_alpha if pb.inner_steps else None  # unused, as autograd reports it
-        d_eta = d_eta if pb.finetuning_steps else None
+        d_alpha = d_alpha if inner_steps else None  # unused, as autograd reports it
+        d_eta = d_eta if finetuning_steps else None
         return zeta, torch.cat([d_mu, d_u]), d_alpha, d_eta, None
 
 
