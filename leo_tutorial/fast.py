@@ -32,12 +32,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import losses, noise
+from .data.episodes import EpisodeSampler
 from .model import LEO, STD_FLOOR, LEOOutput
 
 # LEO's methods that the fused step replaces: overriding any of them selects the reference.
@@ -173,10 +175,10 @@ class _Score:
     g = d sum CE / dW = (p - onehot)^T x [B,N,D]."""
 
     W: Tensor
-    x: Tensor
-    logits: Tensor
-    loss: Tensor
-    p: Tensor
+    x: Tensor | None
+    logits: Tensor | None
+    loss: Tensor | None
+    p: Tensor | None
     g: Tensor | None
 
 
@@ -201,33 +203,39 @@ def _hvp(score: _Score, v: Tensor) -> Tensor:
 class _Decode:
     """W = decode(z) for slot codes z [B,N,S,Z] (S = K when sampling, else 1): class-mean
     weights W [B,N,D], the class-mean code z_mean [B,N,Z]; when sampling also the per-slot
-    noise term s = std * eps [B,N,S,D] and dW/du = eps * exp(u) where std is above its floor."""
+    noise term s = std * eps [B,N,S,D], dW/du = eps * exp(u) where std is above its floor
+    [B,N,S,D], and (once the support gradient g [B,N,D] is known) g * dW/du [B,N,S,D]."""
 
     z: Tensor
     z_mean: Tensor
     W: Tensor
     s: Tensor | None = None
     dW_du: Tensor | None = None
+    g_dW_du: Tensor | None = None
 
 
 def _decode(z: Tensor, g_mu: Tensor, g_u: Tensor, eps: Tensor | None, shift: float) -> _Decode:
-    z_mean = z[:, :, 0] if z.shape[2] == 1 else z.mean(dim=2)  # [B, N, Z]
-    W = z_mean @ g_mu.T  # [B, N, D]: the mean half is linear, so it runs on class means
-    if eps is None:
-        return _Decode(z, z_mean, W)
-    exp_u = torch.exp(z @ g_u.T)  # [B, N, K, D]: the std half runs per slot
-    above = exp_u - shift  # std before the floor
-    s = torch.clamp(above, min=STD_FLOOR) * eps  # std * eps
-    dW_du = torch.where(above >= STD_FLOOR, exp_u * eps, 0.0)  # clamp passes gradient at ties
-    W = W + (s[:, :, 0] if s.shape[2] == 1 else s.mean(dim=2))
-    return _Decode(z, z_mean, W, s, dW_du)
+    b, n, slots, z_dim = z.shape
+    z_mean = z[:, :, 0] if slots == 1 else z.mean(dim=2)  # [B, N, Z]
+    if eps is None:  # W = the mean half, which is linear: it runs on class means
+        return _Decode(z, z_mean, z_mean @ g_mu.T)
+    exp_u = (z @ g_u.T).exp_()  # [B, N, S, D]: the std half runs per slot
+    std = exp_u - shift  # before the floor
+    active = std >= STD_FLOOR  # where the floor passes the gradient (clamp's rule at ties)
+    s = std.clamp_(min=STD_FLOOR).mul_(eps)  # std * eps, in place
+    dW_du = exp_u.mul_(eps).mul_(active)  # eps * exp(u) above the floor, 0 on it
+    s_mean = s[:, :, 0] if slots == 1 else s.mean(dim=2)  # [B, N, D]
+    W = torch.addmm(s_mean.reshape(b * n, -1), z_mean.reshape(b * n, z_dim), g_mu.T)
+    return _Decode(z, z_mean, W.view(b, n, -1), s, dW_du)
 
 
 def _latent_gradient(dec: _Decode, g: Tensor, g_mu: Tensor, g_u: Tensor, k: int) -> Tensor:
-    """d sum CE / dz per slot [B,N,S,Z]: each slot holds 1/K of the class gradient g [B,N,D]."""
+    """d sum CE / dz per slot [B,N,S,Z]: each slot holds 1/K of the class gradient g [B,N,D].
+    Keeps g * dW/du in ``dec`` for the backward pass."""
     grad = (g @ g_mu)[:, :, None, :]  # [B, N, 1, Z]: through the mean half
     if dec.dW_du is not None:
-        grad = grad + (g[:, :, None, :] * dec.dW_du) @ g_u  # [B, N, K, Z]: the std half
+        dec.g_dW_du = g[:, :, None, :] * dec.dW_du  # [B, N, K, D]
+        grad = grad + dec.g_dW_du @ g_u  # [B, N, K, Z]: through the std half
     return grad / k
 
 
@@ -260,16 +268,85 @@ def _loops(z0: Tensor, g_d: Tensor, alpha: Tensor, eta: Tensor, pb: _Problem) ->
             grad = _latent_gradient(dec, score.g, g_mu, g_u, k)  # [B, N, S, Z]
             grads.append(grad)
             z = torch.addcmul(z, alpha, grad, value=-1.0)  # z' = z - alpha * grad
-    finetunes, score = [], scores[-1]
+    finetunes, score, eta_k = [], scores[-1], eta / k
     for s in range(pb.finetuning_steps):
-        W = torch.addcmul(score.W, eta / k, score.g, value=-1.0)  # W - eta * g / K: [B, N, D]
+        W = torch.addcmul(score.W, eta_k, score.g, value=-1.0)  # W - eta * g / K: [B, N, D]
         mask = pb.masks[pb.inner_steps + 1 + s]
         x = pb.x if mask is None else pb.x * mask
         score = _score(W, x, pb.y, pb.onehot, s + 1 < pb.finetuning_steps)
         finetunes.append(score)
+    if pb.qx is None:  # adaptation only (see evaluate_tasks): the final weights
+        return _Tape(decodes, grads, scores, finetunes, _Score(score.W, *[None] * 5))
     qx = pb.qx if pb.query_mask is None else pb.qx * pb.query_mask  # [B, Q, D]
     query = _score(score.W, qx, pb.qy, pb.q_onehot, False)
     return _Tape(decodes, grads, scores, finetunes, query)
+
+
+def _backward(
+    tape: _Tape,
+    d_query_loss: Tensor,
+    q_onehot: Tensor,
+    g_d: Tensor,
+    alpha: Tensor,
+    eta: Tensor,
+    k: int,
+    second_order: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Reverse mode through :func:`_loops`: (dL/dz0, dL/dg_d, dL/dalpha, dL/deta) for the
+    cotangent ``d_query_loss`` [B] of the mean query loss per task."""
+    d, z_dim = g_d.shape[0] // 2, g_d.shape[1]
+    g_mu, g_u = g_d[:d], g_d[d:]
+    d_mu, d_u = torch.zeros_like(g_mu), torch.zeros_like(g_u)  # dL/d g_d, by halves [D, Z]
+
+    def flat(t: Tensor, width: int) -> Tensor:
+        return t.reshape(-1, width)
+
+    # the query loss = mean CE over the Q queries: dL/dlogits = (p - onehot) / Q per task
+    query = tape.query
+    d_logits = (query.p - q_onehot) * (d_query_loss / query.p.shape[1])[:, None, None]
+    lam = torch.bmm(d_logits.transpose(1, 2), query.x)  # dL/dW [B, N, D] (class means)
+
+    # fine-tuning, last step first: W_{s+1} = W_s - eta * g_s / K
+    d_eta = torch.zeros_like(eta)
+    drivers = [tape.scores[-1], *tape.finetunes]  # the score whose g drove step s
+    for s in reversed(range(len(tape.finetunes))):
+        d_eta -= (lam * drivers[s].g).sum(dim=(0, 1)) / k
+        if second_order:
+            lam = lam + _hvp(drivers[s], -(eta / k) * lam)
+
+    # the last decode: W_T = g_mu z_mean + mean over slots of std * eps
+    dec = tape.decodes[-1]
+    slots = dec.z.shape[2]
+    d_mu.addmm_(flat(lam, d).T, flat(dec.z_mean, z_dim))
+    zeta = ((lam @ g_mu) / slots)[:, :, None, :].expand_as(dec.z)  # dL/dz_T [B, N, S, Z]
+    if dec.dW_du is not None:
+        a = (lam / slots)[:, :, None, :] * dec.dW_du  # dL/du_T [B, N, S, D]
+        zeta = zeta + a @ g_u
+        d_u.addmm_(flat(a, d).T, flat(dec.z, z_dim))
+
+    # the latent steps, last first: z_{t+1} = z_t - alpha * grad_t(z_t, g_d)
+    d_alpha = torch.zeros_like(alpha)
+    for t in reversed(range(len(tape.grads))):
+        dec, score = tape.decodes[t], tape.scores[t]
+        d_alpha -= (zeta * tape.grads[t]).sum(dim=(0, 1, 2))
+        if not second_order:
+            continue  # first order: grad_t is a constant, dL/dz_t = dL/dz_{t+1}
+        omega = (-alpha / k) * zeta  # adjoint of K grad_t [B, N, S, Z]
+        omega_sum = omega.sum(dim=2)  # [B, N, Z]
+        mu_g = omega_sum @ g_mu.T  # adjoint of the class gradient g_t [B, N, D]
+        if dec.dW_du is not None:
+            c = (omega @ g_u.T).mul_(dec.dW_du)  # [B, N, S, D]
+            mu_g = mu_g + c.sum(dim=2)
+        lam_t = _hvp(score, mu_g)  # dL/dW_t through g_t [B, N, D]
+        d_mu.addmm_(flat(score.g, d).T, flat(omega_sum, z_dim))
+        d_mu.addmm_(flat(lam_t, d).T, flat(dec.z_mean, z_dim))
+        zeta = zeta + ((lam_t @ g_mu) / slots)[:, :, None, :]
+        if dec.dW_du is not None:  # dL/du_t, through dW/du and through W_t
+            c = c.mul_(score.g[:, :, None, :]).addcmul_((lam_t / slots)[:, :, None, :], dec.dW_du)
+            zeta = zeta + c @ g_u
+            d_u.addmm_(flat(c, d).T, flat(dec.z, z_dim))
+            d_u.addmm_(flat(dec.g_dW_du, d).T, flat(omega, z_dim))
+    return zeta, torch.cat([d_mu, d_u]), d_alpha, d_eta
 
 
 def _flatten(tree: object, tensors: list[Tensor]) -> object:
@@ -315,8 +392,7 @@ class _InnerLoops(torch.autograd.Function):
         tensors = [g_d, alpha, eta, pb.q_onehot]
         ctx.tape = _flatten(tape, tensors)  # the structure; tensors go to save_for_backward
         ctx.save_for_backward(*tensors)
-        ctx.shape = (pb.x.shape[-1], pb.k_shot, pb.inner_steps, pb.finetuning_steps)
-        ctx.second_order = pb.second_order
+        ctx.k_shot, ctx.second_order = pb.k_shot, pb.second_order
         return tape.query.loss.mean(dim=1)
 
     @staticmethod
@@ -325,65 +401,16 @@ class _InnerLoops(torch.autograd.Function):
         saved = ctx.saved_tensors
         g_d, alpha, eta, q_onehot = saved[:4]
         tape = _unflatten(ctx.tape, saved)
-        d, k, inner_steps, finetuning_steps = ctx.shape
-        z_dim = g_d.shape[1]
-        g_mu, g_u = g_d[:d], g_d[d:]
-        # query loss = mean CE over the Q queries: d/dlogits = (p - onehot) / Q per task
-        query = tape.query
-        d_logits = (query.p - q_onehot) * (d_query_loss / query.p.shape[1])[:, None, None]
-        lam = torch.bmm(d_logits.transpose(1, 2), query.x)  # dL/dW [B, N, D] (class means)
-
-        # fine-tuning, last step first: W_{s+1} = W_s - eta * g_s / K
-        d_eta = torch.zeros_like(eta)
-        drivers = [tape.scores[-1], *tape.finetunes]  # the score whose g drove step s
-        for s in reversed(range(finetuning_steps)):
-            d_eta -= (lam * drivers[s].g).sum(dim=(0, 1)) / k
-            if ctx.second_order:
-                lam = lam + _hvp(drivers[s], -(eta / k) * lam)
-
-        # the last decode: W_T = g_mu z_mean + mean_slots(std * eps)
-        dec = tape.decodes[-1]
-        slots = dec.z.shape[2]
-        d_mu = lam.reshape(-1, d).T @ dec.z_mean.reshape(-1, z_dim)  # [D, Z]
-        zeta = ((lam @ g_mu) / slots)[:, :, None, :].expand_as(dec.z)  # dL/dz_T [B,N,S,Z]
-        u_terms, u_codes = [], []  # d g_u = sum_i u_terms[i]^T u_codes[i]
-        if dec.dW_du is not None:
-            a = lam[:, :, None, :] * dec.dW_du / slots  # [B, N, S, D]
-            zeta = zeta + a @ g_u
-            u_terms.append(a)
-            u_codes.append(dec.z)
-
-        # the latent steps, last first: z_{t+1} = z_t - alpha * grad_t(z_t, g_d)
-        d_alpha = torch.zeros_like(alpha)
-        for t in reversed(range(inner_steps)):
-            dec, score, grad = tape.decodes[t], tape.scores[t], tape.grads[t]
-            d_alpha -= (zeta * grad).sum(dim=(0, 1, 2))
-            if not ctx.second_order:
-                continue  # first order: grad_t is a constant, dL/dz_t = dL/dz_{t+1}
-            omega = -alpha * zeta  # adjoint of grad_t [B, N, S, Z]
-            omega_sum = omega.sum(dim=2)  # [B, N, Z]
-            mu_g = (omega_sum @ g_mu.T) / k  # adjoint of the class gradient g_t [B, N, D]
-            if dec.dW_du is not None:
-                b_u = (omega @ g_u.T) / k  # [B, N, S, D]
-                mu_g = mu_g + (b_u * dec.dW_du).sum(dim=2)
-            lam_t = _hvp(score, mu_g)  # dL/dW_t through g_t [B, N, D]
-            d_mu = d_mu + score.g.reshape(-1, d).T @ (omega_sum.reshape(-1, z_dim) / k)
-            d_mu = d_mu + lam_t.reshape(-1, d).T @ dec.z_mean.reshape(-1, z_dim)
-            zeta = zeta + ((lam_t @ g_mu) / slots)[:, :, None, :]
-            if dec.dW_du is not None:
-                g_slots = score.g[:, :, None, :]  # [B, N, 1, D]
-                c = dec.dW_du * (b_u * g_slots + lam_t[:, :, None, :] / slots)  # [B,N,S,D]
-                zeta = zeta + c @ g_u
-                u_terms += [c, g_slots * dec.dW_du / k]
-                u_codes += [dec.z, omega]
-        if u_terms:  # one GEMM for every contribution to d g_u
-            terms = torch.cat([term.reshape(-1, d) for term in u_terms])
-            d_u = terms.T @ torch.cat([code.reshape(-1, z_dim) for code in u_codes])
-        else:
-            d_u = torch.zeros_like(g_u)
-        d_alpha = d_alpha if inner_steps else None  # unused, as autograd reports it
-        d_eta = d_eta if finetuning_steps else None
-        return zeta, torch.cat([d_mu, d_u]), d_alpha, d_eta, None
+        d_z0, d_g_d, d_alpha, d_eta = _backward(
+            tape, d_query_loss, q_onehot, g_d, alpha, eta, ctx.k_shot, ctx.second_order
+        )
+        return (
+            d_z0,
+            d_g_d,
+            d_alpha if tape.grads else None,  # a rate without steps is unused (as autograd)
+            d_eta if tape.finetunes else None,
+            None,
+        )
 
 
 # ------------------------------------------------------------------------------ forward
@@ -504,3 +531,117 @@ def _slot_weights(model: LEO, tape: _Tape, k: int) -> list[Tensor]:
         g_mu = model.g_d.weight[:d]
         slots = [dec.z @ g_mu.T + dec.s for dec in decodes]  # [B, N, K, D] each
         return slots + [slots[-1] + (final - decodes[-1].W)[:, :, None, :]]
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate_tasks(
+    model: LEO,
+    sampler: EpisodeSampler,
+    tasks: int,
+    batch_size: int,
+    seed: int | list[int],
+    device: torch.device | str,
+    chunk: int = 200,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(query accuracy [tasks], mean query loss [tasks]) of the deterministic model on the
+    tasks of ``sampler.iter_batches(tasks, batch_size, seed)`` (the same tasks, the numbers of
+    evaluating each batch with ``model(batch)``, up to rounding).
+
+    Without the [B, N, V, D] query tensor (7.7 MB per task at 599 queries per class): support
+    sets are adapted batch by batch; then, for every ``chunk`` tasks, each class's images are
+    gathered once and multiplied with the final weights of every task that uses the class, and
+    the logits of each task's own query rows are picked from that block.
+    """
+    if model.training or not applies(model):
+        raise ValueError("evaluate_tasks needs a model in eval mode on the fast path")
+    base = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
+    k, n_way, n_query = sampler.k_shot, sampler.n_way, sampler.n_query
+    table, counts = sampler._table, sampler.split.images_per_class  # rows of each class
+    slot = np.zeros(len(sampler.split.embeddings), dtype=np.int64)  # row -> index in class
+    for c, count in enumerate(counts):
+        slot[table[c, :count]] = np.arange(count)
+    sizes = [min(batch_size, tasks - i) for i in range(0, tasks, batch_size)]
+    accuracies, query_losses, start = [], [], 0
+    labels = torch.arange(n_way, device=device)
+    with torch.inference_mode():
+        while start < len(sizes):
+            classes, rows, weights = [], [], []
+            while start < len(sizes) and sum(len(c) for c in classes) < chunk:
+                c, r = sampler.sample_indices(sizes[start], [*base, start])
+                x = torch.from_numpy(sampler._gather(r[:, :, :k])).to(device, model.dtype)
+                y = labels.view(1, n_way, 1).expand(len(c), n_way, k)
+                weights.append(adapt(model, x, y))  # [b, N, D]
+                classes.append(c)
+                rows.append(r[:, :, k:])
+                start += 1
+            acc, loss = _score_queries(
+                sampler,
+                np.concatenate(classes),
+                np.concatenate(rows),
+                torch.cat(weights),
+                slot,
+                n_query,
+            )
+            accuracies.append(acc)
+            query_losses.append(loss)
+    return np.concatenate(accuracies), np.concatenate(query_losses)
+
+
+def adapt(model: LEO, x: Tensor, y: Tensor) -> Tensor:
+    """The class-mean classifier weights [B,N,D] after both inner loops, for support x
+    [B,N,K,D] and labels y [B,N,K] (no queries; no gradients)."""
+    b, n, k, d = x.shape
+    z0, _, _ = _encode(model, x)
+    masks, _, eps = _draw(model, x, x[:, :, :0])
+    sy = y.reshape(b, n * k)
+    pb = _Problem(
+        x=x.reshape(b, n * k, d),
+        y=sy,
+        onehot=F.one_hot(sy, n).to(x.dtype),
+        qx=None,
+        qy=None,
+        q_onehot=None,
+        masks=[None if m is None else m.view(b, n * k, d) for m in masks],
+        query_mask=None,
+        eps=eps,
+        k_shot=k,
+        floor_shift=1.0 - model.decoder_stddev_offset,
+        inner_steps=model.config.inner_unroll_length,
+        finetuning_steps=model.config.finetuning_unroll_length,
+        second_order=False,
+    )
+    return _loops(z0, model.g_d.weight, model.inner_lr, model.finetune_lr, pb).query.W
+
+
+def _score_queries(
+    sampler: EpisodeSampler,
+    classes: np.ndarray,
+    rows: np.ndarray,
+    W: Tensor,
+    slot: np.ndarray,
+    n_query: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-task accuracy and mean CE of the query rows [T,N,V] of tasks with classes [T,N]
+    and final weights W [T,N,D], one matrix product per class."""
+    t, n_way = classes.shape
+    correct = torch.zeros(t, dtype=torch.float64, device=W.device)
+    ce = torch.zeros(t, dtype=torch.float64, device=W.device)
+    for c in np.unique(classes):
+        task, position = np.nonzero(classes == c)  # the P uses of class c
+        count = int(sampler.split.images_per_class[c])
+        block = torch.from_numpy(sampler._gather(sampler._table[c, :count]))  # [R, D]
+        block = block.to(W.device, W.dtype)
+        task_t = torch.from_numpy(task).to(W.device)
+        logits = block @ W[task_t].reshape(-1, W.shape[-1]).T  # [R, P * N]
+        logits = logits.view(count, len(task), n_way).transpose(0, 1)  # [P, R, N]
+        local = torch.from_numpy(slot[rows[task, position]]).to(W.device)  # [P, V]
+        picked = logits.gather(1, local[:, :, None].expand(-1, -1, n_way))  # [P, V, N]
+        label = torch.from_numpy(position).to(W.device)[:, None]  # [P, 1]
+        hits = (picked.argmax(dim=-1) == label).sum(dim=1)
+        nll = torch.logsumexp(picked, dim=-1) - picked.gather(
+            -1, label[:, :, None].expand(-1, n_query, 1)
+        ).squeeze(-1)  # [P, V]
+        correct.index_add_(0, task_t, hits.double())
+        ce.index_add_(0, task_t, nll.double().sum(dim=1))
+    per_task = n_way * n_query
+    return (correct / per_task).cpu().numpy(), (ce / per_task).cpu().numpy()

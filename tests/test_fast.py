@@ -4,6 +4,7 @@ dropout; which path runs; and the switch's old name in saved runs."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from _tasks import random_batch
@@ -204,3 +205,34 @@ def test_an_unknown_inner_gradient_value_is_a_clear_error():
     del values["reference"]
     with pytest.raises(UserError, match="inner_gradient must be 'analytic' or 'autograd'"):
         config_from_dict(LEOConfig, values)
+
+
+# ---------------------------------------------------------------------------- evaluation
+@pytest.mark.parametrize("k", [1, 5], ids=["1shot", "5shot"])
+@pytest.mark.parametrize("n_query", [None, 4], ids=["all_remaining", "4_queries"])
+def test_fast_evaluation_scores_the_same_tasks_as_the_batch_loop(k, n_query):
+    """training.evaluate on the fast path (class-block query logits) == the loop over
+    TaskBatches through the reference model, on classes of unequal size."""
+    from leo_tutorial.data import FeatureSplit
+    from leo_tutorial.training import evaluate
+
+    g = torch.Generator().manual_seed(0)
+    sizes = [9, 12, 10, 15, 11, 9, 13]  # the larger classes contribute a random subset
+    labels = torch.cat([torch.full((s,), c) for c, s in enumerate(sizes)])
+    centres = torch.randn(len(sizes), 16, generator=g, dtype=torch.float64)
+    x = centres[labels] + 0.8 * torch.randn(len(labels), 16, generator=g, dtype=torch.float64)
+    split = FeatureSplit(x.numpy(), labels.numpy(), [f"c{c}" for c in range(len(sizes))])
+    results = {}
+    for reference in (True, False):
+        torch.manual_seed(0)
+        model = LEO(BASE.replace(reference=reference), embedding_dim=16, n_way=5)
+        model = model.to(torch.float64)
+        results[reference] = evaluate(
+            model, split, n_way=5, k_shot=k, n_query=n_query, tasks=23, batch_size=4, seed=[3]
+        )
+    ref, fast_ = results[True], results[False]
+    assert fast_.tasks == ref.tasks == 23
+    assert fast_.queries_per_class == ref.queries_per_class == (n_query or 9 - k)
+    assert 0.2 < ref.accuracy < 1.0  # a real signal, not all-wrong or all-right
+    np.testing.assert_allclose(fast_.per_task, ref.per_task, rtol=0, atol=1e-12)
+    assert fast_.loss == pytest.approx(ref.loss, rel=1e-10)
