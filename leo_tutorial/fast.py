@@ -62,15 +62,23 @@ STEP_METHODS = (
 )
 
 
-def applies(model: LEO) -> bool:
-    """Whether ``model.forward`` takes this path: ``reference`` is off and no step is overridden."""
-    if model.config.reference:
+# LEO's own methods, as defined (patching the class later also selects the reference)
+_STOCK = {name: getattr(LEO, name) for name in (*STEP_METHODS, "forward")}
+
+
+def applies(model: object, methods: tuple[str, ...] = STEP_METHODS) -> bool:
+    """Whether ``model.forward`` takes this path: a LEO with ``reference`` off and none of
+    ``methods`` overridden (by a subclass or on the instance)."""
+    if not isinstance(model, LEO) or model.config.reference:
         return False
     own = vars(model)
-    return all(
-        name not in own and getattr(type(model), name) is getattr(LEO, name)
-        for name in STEP_METHODS
-    )
+    return all(name not in own and getattr(type(model), name) is _STOCK[name] for name in methods)
+
+
+def evaluates(model: object) -> bool:
+    """Whether ``training.evaluate`` may use :func:`evaluate_tasks`, which does not call
+    ``model.forward``: :func:`applies`, and ``forward`` itself is not overridden either."""
+    return applies(model, (*STEP_METHODS, "forward"))
 
 
 # ------------------------------------------------------------------ relation network (eq. 3)
@@ -552,8 +560,8 @@ def evaluate_tasks(
     gathered once and multiplied with the final weights of every task that uses the class, and
     the logits of each task's own query rows are picked from that block.
     """
-    if model.training or not applies(model):
-        raise ValueError("evaluate_tasks needs a model in eval mode on the fast path")
+    if model.training or not evaluates(model):
+        raise ValueError("evaluate_tasks needs a LEO in eval mode on the fast path")
     base = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
     k, n_way, n_query = sampler.k_shot, sampler.n_way, sampler.n_query
     table, counts = sampler._table, sampler.split.images_per_class  # rows of each class

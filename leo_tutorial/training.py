@@ -125,7 +125,7 @@ def evaluate(
     model.eval()
     accuracies, losses = [], []
     batches = sampler.iter_batches(tasks, batch_size, seed)
-    if fast.applies(model):  # the same tasks and numbers without [B, N, V, D] query tensors
+    if fast.evaluates(model):  # the same tasks and numbers without [B, N, V, D] query tensors
         accuracy, loss = fast.evaluate_tasks(model, sampler, tasks, batch_size, seed, device)
         accuracies, losses, batches = [accuracy], [loss], []
     with torch.no_grad():

@@ -236,3 +236,14 @@ def test_fast_evaluation_scores_the_same_tasks_as_the_batch_loop(k, n_query):
     assert 0.2 < ref.accuracy < 1.0  # a real signal, not all-wrong or all-right
     np.testing.assert_allclose(fast_.per_task, ref.per_task, rtol=0, atol=1e-12)
     assert fast_.loss == pytest.approx(ref.loss, rel=1e-10)
+
+
+def test_evaluation_calls_an_overridden_forward_and_leaves_baselines_alone():
+    class Wrapped(LEO):
+        def forward(self, batch):
+            return super().forward(batch)
+
+    model = Wrapped(BASE, embedding_dim=16, n_way=5)
+    assert fast.applies(model) and not fast.evaluates(model)  # forward's own fast path stays
+    assert fast.evaluates(LEO(BASE, embedding_dim=16, n_way=5))
+    assert not fast.applies(torch.nn.Linear(2, 2))
