@@ -156,6 +156,7 @@ class _Problem:
     inner_steps: int
     finetuning_steps: int
     second_order: bool
+    backward: bool = True  # whether a backward pass will read the tape
     tape: _Tape | None = None  # filled by the forward pass
 
 
@@ -190,11 +191,13 @@ class _Score:
     g: Tensor | None
 
 
-def _score(W: Tensor, x: Tensor, y: Tensor, onehot: Tensor, need_grad: bool) -> _Score:
+def _score(
+    W: Tensor, x: Tensor, y: Tensor, onehot: Tensor, need_grad: bool, need_p: bool = True
+) -> _Score:
     logits = torch.bmm(x, W.transpose(1, 2))  # [B, M, N]
-    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # [B, M, 1]
-    loss = (lse - logits.gather(-1, y.unsqueeze(-1))).squeeze(-1)  # [B, M]
-    p = torch.exp(logits - lse)  # softmax [B, M, N]
+    log_p = torch.log_softmax(logits, dim=-1)  # [B, M, N]
+    loss = log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1).neg_()  # CE per example [B, M]
+    p = log_p.exp_() if need_grad or need_p else None  # softmax, in place
     g = torch.bmm((p - onehot).transpose(1, 2), x) if need_grad else None  # [B, N, D]
     return _Score(W, x, logits, loss, p, g)
 
@@ -244,7 +247,7 @@ def _latent_gradient(dec: _Decode, g: Tensor, g_mu: Tensor, g_u: Tensor, k: int)
     if dec.dW_du is not None:
         dec.g_dW_du = g[:, :, None, :] * dec.dW_du  # [B, N, K, D]
         grad = grad + dec.g_dW_du @ g_u  # [B, N, K, Z]: through the std half
-    return grad / k
+    return grad / k if k > 1 else grad
 
 
 @dataclass
@@ -286,7 +289,7 @@ def _loops(z0: Tensor, g_d: Tensor, alpha: Tensor, eta: Tensor, pb: _Problem) ->
     if pb.qx is None:  # adaptation only (see evaluate_tasks): the final weights
         return _Tape(decodes, grads, scores, finetunes, _Score(score.W, *[None] * 5))
     qx = pb.qx if pb.query_mask is None else pb.qx * pb.query_mask  # [B, Q, D]
-    query = _score(score.W, qx, pb.qy, pb.q_onehot, False)
+    query = _score(score.W, qx, pb.qy, pb.q_onehot, False, need_p=pb.backward)
     return _Tape(decodes, grads, scores, finetunes, query)
 
 
@@ -483,6 +486,7 @@ def _forward(model: LEO, x: Tensor, y: Tensor, qx: Tensor, qy: Tensor) -> LEOOut
         inner_steps=c.inner_unroll_length,
         finetuning_steps=c.finetuning_unroll_length,
         second_order=not c.first_order,
+        backward=torch.is_grad_enabled(),
     )
     params = (z0, model.g_d.weight, model.inner_lr, model.finetune_lr)
     if torch.is_grad_enabled():
@@ -617,6 +621,7 @@ def adapt(model: LEO, x: Tensor, y: Tensor) -> Tensor:
         inner_steps=model.config.inner_unroll_length,
         finetuning_steps=model.config.finetuning_unroll_length,
         second_order=False,
+        backward=False,
     )
     return _loops(z0, model.g_d.weight, model.inner_lr, model.finetune_lr, pb).query.W
 
