@@ -23,6 +23,7 @@ the tests hold the two paths to the same loss and gradients.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -70,10 +71,11 @@ class LEOOutput:
     loss: scalar meta-loss; query_loss, query_accuracy, kl, encoder_penalty: [B];
     l2, orthogonality: unweighted scalars; codes [B,N,K,2Z] (relation-net output, averaged per
     class: the parameters of q(z|D^tr)); z [B,N,K,Z]; z_trajectory: T+1 tensors [B,N,K,Z];
-    w_init, w_adapted (after the latent loop), w [B,N,K,D] (after fine-tuning); w_trajectory:
-    the T+1 weight samples decoded along the latent loop [B,N,K,D];
-    support_losses: mean support loss per task [B] before and after every inner and fine-tuning
-    step; query_logits [B,N,V,N].
+    query_logits [B,N,V,N]; support_losses: mean support loss per task [B] before and after
+    every inner and fine-tuning step; weights: the T+1 weight samples decoded along the latent
+    loop, then the fine-tuned weights, [B,N,K,D] each (or a function that computes them, called
+    on first use), read as w_trajectory (the first T+1), w_init, w_adapted (after the latent
+    loop) and w (after fine-tuning).
     """
 
     loss: Tensor
@@ -86,12 +88,30 @@ class LEOOutput:
     codes: Tensor
     z: Tensor
     z_trajectory: list[Tensor]
-    w_init: Tensor
-    w_trajectory: list[Tensor]
-    w_adapted: Tensor
-    w: Tensor
     query_logits: Tensor
     support_losses: list[Tensor] = field(default_factory=list)
+    weights: list[Tensor] | Callable[[], list[Tensor]] = field(default_factory=list, repr=False)
+
+    def _weights(self) -> list[Tensor]:
+        if callable(self.weights):
+            self.weights = self.weights()  # computed on first use
+        return self.weights
+
+    @property
+    def w_trajectory(self) -> list[Tensor]:
+        return self._weights()[:-1]
+
+    @property
+    def w_init(self) -> Tensor:
+        return self._weights()[0]
+
+    @property
+    def w_adapted(self) -> Tensor:
+        return self._weights()[-2]
+
+    @property
+    def w(self) -> Tensor:
+        return self._weights()[-1]
 
     def detach(self) -> LEOOutput:
         """The same output with every tensor detached from the autograd graph."""
@@ -99,7 +119,7 @@ class LEOOutput:
             **{
                 f.name: [t.detach() for t in value] if isinstance(value, list) else value.detach()
                 for f in fields(self)
-                for value in [getattr(self, f.name)]
+                for value in [self._weights() if f.name == "weights" else getattr(self, f.name)]
             }
         )
 
@@ -406,11 +426,8 @@ class LEO(nn.Module):
             codes=codes,
             z=latent.z_trajectory[0],
             z_trajectory=latent.z_trajectory,
-            w_init=latent.w_trajectory[0],
-            w_trajectory=latent.w_trajectory,
-            w_adapted=latent.state.W,
-            w=state.W,
             query_logits=query_logits,
             support_losses=latent.support_losses + history,
+            weights=latent.w_trajectory + [state.W],
         )
         return out if torch.is_grad_enabled() else out.detach()
