@@ -17,6 +17,8 @@ Sections:
    of its own) and the speed-up over the reference from the same rounds.
 3. **Evaluation**: tasks/s of ``training.evaluate`` with every remaining image as a query
    (V = 600 - K per class, the official meta-val/test protocol).
+   Then the CPU time of the work both paths must do: every random draw of a step (the
+   reference's random stream is kept) and the relation network's three big products.
 4. **Official protocol**: 100 000 meta-steps + 100 validations on 2 000 tasks (every 1 000
    steps, step 0 included) + a test on 10 000 tasks, projected from sections 2 and 3.
 5. **Peak memory**: peak RSS (VmHWM) of a separate process running ``training.train`` at these
@@ -43,7 +45,7 @@ from collections.abc import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from leo_tutorial import LEO, LEOConfig, TrainConfig
+from leo_tutorial import LEO, LEOConfig, TrainConfig, fast, noise
 from leo_tutorial.data import EpisodeSampler, make_synthetic_bank
 from leo_tutorial.training import evaluate, make_optimizer, meta_step
 
@@ -120,6 +122,35 @@ def training_rows(bank, k_shot: int, steps: int, rounds: int, device: torch.devi
             times[name][0].append(timer.wall / steps)
             times[name][1].append(timer.cpu / steps)
     return times
+
+
+def floors(bank, k_shot: int, device: torch.device, repeats: int = 20) -> tuple[float, float]:
+    """CPU ms per meta-step of (every random draw of the step, the relation network's three
+    [B M^2, 2Z] x [2Z, 2Z] products): work that both paths must do."""
+    sampler = EpisodeSampler(bank.split("train"), N_WAY, k_shot, N_QUERY)
+    batch = sampler.sample(BATCH, [3, 0]).to(device)
+    model = LEO(LEOConfig()).to(device).train()
+    x, qx, z_shape = batch.support_x, batch.query_x, (*batch.support_x.shape[:3], 64)
+
+    def draws() -> None:  # the encoder's mask, the latent noise, then the loops' draws
+        noise.dropout_mask(x.shape, model.config.dropout_rate, x.dtype, x.device)
+        torch.randn(z_shape, dtype=x.dtype, device=x.device)
+        fast._draw(model, x, qx)
+
+    pairs = BATCH * (N_WAY * k_shot) ** 2
+    a, w = torch.randn(pairs, 128, device=device), torch.randn(128, 128, device=device)
+
+    def products() -> None:
+        a @ w.T, a @ w, a.T @ a  # forward, and the two products of its backward
+
+    timer, result = Timer(device), []
+    for fn in (draws, products):
+        fn()
+        with timer:
+            for _ in range(repeats):
+                fn()
+        result.append(1e3 * timer.cpu / repeats)
+    return result[0], result[1]
 
 
 def profile_table(bank, k_shot: int, reference: bool, device: torch.device, rows: int) -> str:
@@ -290,6 +321,19 @@ def main() -> None:
             )
             step_seconds[k_shot, name] = median
     print(f"(load average {load()} after timing)\n")
+
+    print(
+        "== work both paths must do, CPU ms per meta-step (fixed by the shared random stream "
+        "and by eq. 3's (N K)^2 pairs)"
+    )
+    for k_shot in (1, 5):
+        draw_ms, product_ms = floors(bank, k_shot, device)
+        print(
+            f"{k_shot:>4}-shot  random draws {draw_ms:5.1f} ms, relation-network products "
+            f"{product_ms:5.1f} ms (together {draw_ms + product_ms:.1f} ms = "
+            f"{BATCH / (draw_ms + product_ms) * 1e3:.0f} tasks/s at most)"
+        )
+    print()
 
     print(
         f"== evaluation: training.evaluate, V = 600 - K queries per class, eval batches of "
