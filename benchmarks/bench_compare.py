@@ -24,7 +24,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from leo_tutorial.cli import COMPARE_DEFAULTS, auto_preset  # noqa: E402
+from leo_tutorial.cli import COMPARE_DEFAULTS  # noqa: E402
 from leo_tutorial.compare import (  # noqa: E402
     asset_path,
     format_table,
@@ -32,7 +32,7 @@ from leo_tutorial.compare import (  # noqa: E402
     save_rows,
 )
 from leo_tutorial.config import TrainConfig, preset  # noqa: E402
-from leo_tutorial.data.sources import glyphs_spec, load_bank, synthetic_spec  # noqa: E402
+from leo_tutorial.sources import SOURCES, load_bank, spec_from_flags  # noqa: E402
 
 
 def margins(rows: list[dict]) -> str:
@@ -57,9 +57,9 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     for data in args.data.split(","):
-        if data not in ("glyphs", "synthetic"):
-            parser.error(f"--data takes glyphs and/or synthetic, got {data!r}")
-        spec = glyphs_spec() if data == "glyphs" else synthetic_spec()
+        if data not in SOURCES or "data_dir" in SOURCES[data].flags:
+            parser.error(f"--data takes built-in sources (glyphs, synthetic), got {data!r}")
+        spec = spec_from_flags(argparse.Namespace(data=data))
         bank = load_bank(spec, log=lambda m: print(m, file=sys.stderr), progress=False)
         for shot in (int(s) for s in args.shots.split(",")):
             tc = TrainConfig(
@@ -68,7 +68,7 @@ def main() -> int:
                 steps=args.steps,
                 **{k: v for k, v in COMPARE_DEFAULTS.items() if k != "steps"},
             )
-            name = auto_preset("auto", data, "", 5, shot)
+            name = SOURCES[data].preset(spec, 5, shot)
             start = time.perf_counter()
             rows = run_comparison(
                 bank,

@@ -33,8 +33,9 @@ import torch
 
 from leo_tutorial import TrainConfig, preset
 from leo_tutorial.data import EpisodeSampler, GlyphConfig, render_glyphs
-from leo_tutorial.data.sources import image_bank
-from leo_tutorial.training import TEST, mean_ci95, train
+from leo_tutorial.features import image_bank
+from leo_tutorial.runtime import SeedPurpose
+from leo_tutorial.training import mean_ci95, train
 
 
 def nearest_centroid(split, shot: int, tasks: int, seed: list[int], batch_size: int) -> tuple:
@@ -79,7 +80,11 @@ def main() -> None:
             )
             times[f"LEO {shot}-shot: train {args.steps} steps + test"] = time.perf_counter() - start
         nc = nearest_centroid(
-            bank.split("test"), shot, args.tasks, [schedule.seed, TEST], schedule.eval_batch_size
+            bank.split("test"),
+            shot,
+            args.tasks,
+            [schedule.seed, SeedPurpose.TEST],
+            schedule.eval_batch_size,
         )
         rows.append((shot, result.test.accuracy, result.test.ci95, *nc))
     print(f"glyphs: {bank}\n")

@@ -28,7 +28,7 @@ detaches it instead; tests/test_baselines.py checks both against finite differen
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -91,11 +91,20 @@ class BaselineOutput:
     query_accuracy: Tensor
     query_logits: Tensor
 
+    def training_metrics(self) -> dict[str, float]:
+        """What the training loop logs for this step: means over the batch's tasks."""
+        return {
+            "loss": self.query_loss.detach().mean().item(),
+            "accuracy": self.query_accuracy.detach().mean().item(),
+        }
+
 
 class Baseline(nn.Module):
     """Shared plumbing: shapes, dtype, and the query loss / accuracy from ``query_logits``."""
 
-    meta_learned = False  # whether compare meta-trains it
+    meta_learned: ClassVar[bool] = False  # whether it is meta-trained (by training.meta_train)
+    # BaselineConfig fields chosen on S^val before meta-training, with their candidates
+    selected_on_val: ClassVar[dict[str, tuple[float, ...]]] = {}
 
     def __init__(
         self,
@@ -153,7 +162,7 @@ class ProtoNet(Baseline):
     """Nearest centroid after a meta-learned linear projection P: R^D -> R^E (bias-free,
     Glorot-uniform), trained on the query cross-entropy of -squared distances."""
 
-    meta_learned = True
+    meta_learned: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -192,10 +201,11 @@ class MAML(Baseline):
     ``inner_unroll_length`` steps W <- W - alpha * grad_W sum L^tr(W) with a fixed alpha.
 
     Labels are a fresh permutation in every task, so W_0's rows can only learn what all classes
-    share; the adaptation does the work.
+    share; the adaptation does the work. Its alpha (Meta-SGD's initial alpha) is chosen on S^val.
     """
 
-    meta_learned = True
+    meta_learned: ClassVar[bool] = True
+    selected_on_val: ClassVar[dict[str, tuple[float, ...]]] = {"inner_lr_init": INNER_LRS}
 
     def __init__(
         self,
@@ -252,7 +262,9 @@ class LogisticRegressionProbe(Baseline):
     """A multinomial logistic regression (L2, lbfgs, scikit-learn) fitted on each task's
     N K support embeddings (with an unpenalised bias, scikit-learn's default); logits = its
     decision function on the queries. One task at a time (scikit-learn has no batched solver);
-    no meta-training."""
+    no meta-training; C is chosen on S^val."""
+
+    selected_on_val: ClassVar[dict[str, tuple[float, ...]]] = {"probe_c": PROBE_CS}
 
     def query_logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
         from sklearn.linear_model import LogisticRegression

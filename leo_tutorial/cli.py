@@ -6,30 +6,24 @@
     leo-tutorial prepare glyphs --out embeddings
     leo-tutorial compare --data synthetic --way 5 --shot 1 --out runs/compare
 
-A mistake the user can fix ends the command with one line on stderr and exit status 2.
+A mistake the user can fix ends the command with one line on stderr and exit status 2, before
+any expensive work where the mistake can be seen from the arguments; messages name the flags.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from .config import PRESETS, LEOConfig, TrainConfig, preset
-from .data.leo_pickles import CROPS, DATASETS
-from .data.sources import (
-    SOURCES,
-    glyphs_spec,
-    leo_pickles_spec,
-    load_bank,
-    omniglot_spec,
-    synthetic_spec,
-)
-from .data.synthetic import SyntheticConfig, bayes_accuracy
 from .errors import UserError
+from .sources import DATA_FLAGS, SOURCES, flag_name, spec_from_flags
 
 # Model hyper-parameters exposed as --flags (every LEOConfig field), with their help text.
 _LEO_HELP = {
@@ -37,13 +31,13 @@ _LEO_HELP = {
     "inner_unroll_length": "latent adaptation steps (0 = conditional generator only)",
     "finetuning_unroll_length": "fine-tuning steps on the weights (0 = none)",
     "inner_lr_init": "initial inner learning rate alpha",
-    "finetuning_lr_init": "initial fine-tuning learning rate eta",
+    "finetuning_lr_init": "initial per-dimension fine-tuning rate (no symbol in the paper)",
     "dropout_rate": "dropout on embeddings while meta-training",
     "kl_weight": "beta, weight of the KL term",
     "encoder_penalty_weight": "gamma, weight of the encoder penalty",
     "l2_penalty_weight": "lambda_1, L2 on the weights",
     "orthogonality_penalty_weight": "lambda_2, decoder orthogonality",
-    "outer_lr": "Adam learning rate",
+    "outer_lr": "eta, Adam's (outer) learning rate",
     "gradient_threshold": "per-element gradient clipping (<= 0: off)",
     "gradient_norm_threshold": "per-tensor gradient-norm clipping (<= 0: off)",
     "deterministic": "ablation: means instead of samples while meta-training",
@@ -53,19 +47,38 @@ _LEO_HELP = {
     "numbers, several times slower)",
 }
 
+# TrainConfig fields -> the flags that set them (the other flags are named after their field).
+_TRAIN_FLAGS = {
+    "n_way": "--way",
+    "k_shot": "--shot",
+    "n_query": "--queries",
+    "eval_n_query": "--eval-queries",
+}
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+
+def _in_flag_terms(message: str) -> str:
+    """A config error as the CLI user sees it: field names replaced by their flags."""
+    names = {f.name: flag_name(f.name) for f in dataclasses.fields(LEOConfig)}
+    names.update({f.name: flag_name(f.name) for f in dataclasses.fields(TrainConfig)})
+    names.update(_TRAIN_FLAGS)
+    pattern = r"(?<![\w-])(" + "|".join(sorted(map(re.escape, names), key=len, reverse=True))
+    return re.sub(pattern + r")(?![\w-])", lambda m: names[m.group(1)], message)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
+def _count(minimum: int, why: str = ""):  # noqa: ANN202 (an argparse type)
+    """An argparse type: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}{why}, got {value}")
+        return value
+
+    parse.__name__ = f"whole number >= {minimum}"
+    return parse
 
 
 def _number(text: str) -> float:
@@ -83,11 +96,27 @@ def _log(message: str) -> None:
 def _add_threads(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=_count(1),
         default=argparse.SUPPRESS,
         help="CPU threads for torch (if not given: torch's choice); 1 is faster "
         "on a machine busy with other work",
     )
+
+
+def _add_device(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        choices=SOURCES,
+        default="synthetic",
+        help="; ".join(f"{s.name}: {s.summary}" for s in SOURCES.values()),
+    )
+    for name, (kwargs, _) in DATA_FLAGS.items():
+        data.add_argument(flag_name(name), default=None, **kwargs)
 
 
 def _add_schedule(
@@ -100,19 +129,24 @@ def _add_schedule(
 ) -> None:
     """The task shape and schedule flags ``train`` and ``compare`` share."""
     d = TrainConfig()
-    task.add_argument("--way", type=_positive_int, default=d.n_way, help="N classes per task")
-    task.add_argument("--shot", type=_positive_int, default=d.k_shot, help="K examples per class")
+    task.add_argument(
+        "--way",
+        type=_count(2, " (a task needs two classes)"),
+        default=d.n_way,
+        help="N classes per task",
+    )
+    task.add_argument("--shot", type=_count(1), default=d.k_shot, help="K examples per class")
     task.add_argument(
         "--eval-queries",
-        type=_positive_int,
+        type=_count(1),
         default=None,
         help="queries per class at meta-val/test; None = every remaining image (official: 600 - K)",
     )
-    task.add_argument("--steps", type=_positive_int, default=steps, help=steps_help)
-    task.add_argument("--val-every", type=_positive_int, default=val_every)
-    task.add_argument("--val-tasks", type=_positive_int, default=val_tasks)
-    task.add_argument("--test-tasks", type=_positive_int, default=test_tasks)
-    task.add_argument("--seed", type=_positive_int, default=d.seed)
+    task.add_argument("--steps", type=_count(0), default=steps, help=steps_help)
+    task.add_argument("--val-every", type=_count(1), default=val_every)
+    task.add_argument("--val-tasks", type=_count(1), default=val_tasks)
+    task.add_argument("--test-tasks", type=_count(1), default=test_tasks)
+    task.add_argument("--seed", type=_count(0), default=d.seed)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -127,12 +161,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _add_schedule(task, d.steps, d.val_every, d.val_tasks, d.test_tasks, "meta-training steps")
     task.add_argument(
         "--queries",
-        type=_positive_int,
+        type=_count(1),
         default=d.n_query,
         help="query examples per class in meta-training tasks",
     )
     task.add_argument(
-        "--batch-size", type=_positive_int, default=d.batch_size, help="tasks per meta-step"
+        "--batch-size", type=_count(1), default=d.batch_size, help="tasks per meta-step"
     )
     task.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
     model = p.add_argument_group("model (defaults: the preset's values)")
@@ -141,20 +175,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         choices=("auto", *PRESETS),
         default="auto",
         help="official defaults, the paper's tuned settings, or ours for "
-        "synthetic data; auto = the tuned preset matching --data/--dataset/--shot",
+        "synthetic data; auto = the preset the data source picks for --way/--shot",
     )
     for f in dataclasses.fields(LEOConfig):
         # default=SUPPRESS: a flag not given leaves the preset's value (and --help says so).
         kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _LEO_HELP[f.name]}
         if f.type in ("bool", bool):
-            model.add_argument(_flag(f.name), action="store_true", **kw)
+            model.add_argument(flag_name(f.name), action="store_true", **kw)
         elif f.name == "inner_gradient":
-            model.add_argument(_flag(f.name), choices=("analytic", "autograd"), **kw)
+            model.add_argument(flag_name(f.name), choices=("analytic", "autograd"), **kw)
         else:
-            kind = _positive_int if f.type in ("int", int) else _number
-            model.add_argument(_flag(f.name), type=kind, **kw)
+            kind = _count(0) if f.type in ("int", int) else _number
+            model.add_argument(flag_name(f.name), type=kind, **kw)
     run = p.add_argument_group("run")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_device(run)
     _add_threads(run)
     run.add_argument("--out", type=Path, required=True, help="run directory")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -190,13 +224,93 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="LEO's hyper-parameters (auto: as for train)",
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_device(p)
     _add_threads(p)
     p.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     p.add_argument(
-        "--out", type=Path, help="also save compare_<data>_<shot>shot.json and .png in this folder"
+        "--out",
+        type=Path,
+        help="also save compare_<data>_<shot>shot.json and .png in this folder",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress messages")
+
+
+# ----------------------------------------------------------------------- shared checks
+def _configs(args: argparse.Namespace, spec: dict[str, Any]) -> tuple[LEOConfig, TrainConfig]:
+    """The model and training configs the flags ask for, errors in flag terms."""
+    name = args.preset
+    if name == "auto":
+        name = SOURCES[args.data].preset(spec, args.way, args.shot)
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(LEOConfig)
+        if hasattr(args, f.name)
+    }
+    schedule = {
+        "n_way": args.way,
+        "k_shot": args.shot,
+        "eval_n_query": args.eval_queries,
+        "steps": args.steps,
+        "val_every": args.val_every,
+        "val_tasks": args.val_tasks,
+        "test_tasks": args.test_tasks,
+        "seed": args.seed,
+    }
+    for name_, field in (("queries", "n_query"), ("batch_size", "batch_size"), ("dtype", "dtype")):
+        if hasattr(args, name_):
+            schedule[field] = getattr(args, name_)
+    try:
+        return preset(name, **overrides), TrainConfig(**schedule)
+    except UserError as e:
+        raise UserError(_in_flag_terms(str(e))) from None
+
+
+def _check_out(path: Path | None) -> None:
+    from .rundir import check_out_dir
+
+    if path is not None:
+        check_out_dir(path)
+
+
+# ------------------------------------------------------------------------------ commands
+def _train(args: argparse.Namespace) -> int:
+    from .runtime import resolve_device
+    from .sources import load_bank, source_of
+    from .training import train
+
+    # every check the arguments allow, before any data is loaded
+    device = resolve_device(args.device)
+    _check_out(args.out)
+    spec = spec_from_flags(args)
+    leo_config, train_config = _configs(args, spec)
+
+    bank = load_bank(spec, log=_log, progress=not args.no_progress)
+    result = train(
+        leo_config,
+        train_config,
+        bank,
+        args.out,
+        data_spec=spec,
+        device=device,
+        resume=args.resume,
+        progress=not args.no_progress,
+        log=_log,
+    )
+    print(
+        f"best meta-val accuracy {100 * result.best_val_accuracy:.2f}% at step {result.best_step}"
+    )
+    print(result.test)
+    notes = source_of(spec).notes
+    for line in notes(spec, args.way, args.shot) if notes else []:
+        print(line)
+    skipped = len(result.history["skipped"])
+    if skipped:
+        print(
+            f"{skipped} of {train_config.steps} updates were skipped for a non-finite meta-loss "
+            "or gradient (see the messages above)"
+        )
+    print(f"run saved in {result.run_dir} ({result.seconds:.0f} s)")
+    return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -208,172 +322,66 @@ def _compare(args: argparse.Namespace) -> int:
         save_chart,
         save_rows,
     )
+    from .rundir import RunLock
+    from .runtime import resolve_device
+    from .sources import load_bank
 
     methods = parse_methods(args.methods)  # fail fast, before any data is loaded
-    spec = _data_spec(args)
-    leo_config = preset(auto_preset(args.preset, args.data, args.dataset, args.way, args.shot))
-    train_config = TrainConfig(
-        n_way=args.way,
-        k_shot=args.shot,
-        steps=args.steps,
-        val_every=args.val_every,
-        val_tasks=args.val_tasks,
-        test_tasks=args.test_tasks,
-        eval_n_query=args.eval_queries,
-        seed=args.seed,
-    )
+    device = resolve_device(args.device)
+    _check_out(args.out)
+    spec = spec_from_flags(args)
+    leo_config, train_config = _configs(args, spec)
     quiet = args.no_progress or args.json
 
     def log(message: str) -> None:
         if not args.no_progress:
             _log(message)
 
-    bank = load_bank(spec, log=log, progress=not quiet)
-    name = args.dataset if args.data == "leo-pickles" else args.data
-    rows = run_comparison(
-        bank,
-        train_config,
-        leo_config,
-        methods,
-        data=name,
-        device=args.device,
-        progress=not quiet,
-        log=log,
-    )
-    print(rows_to_json(rows) if args.json else format_table(rows))
-    if args.out is not None:
-        stem = args.out / f"compare_{name}_{args.shot}shot"
-        save_rows(stem.with_suffix(".json"), rows)
-        save_chart(stem.with_suffix(".png"), rows)
-        log(f"saved {stem}.json and {stem}.png")
-    return 0
-
-
-def auto_preset(name: str, data: str, dataset: str, way: int, shot: int) -> str:
-    """``auto``: ``synthetic`` for synthetic data, the paper's tuned setting for 5-way 1/5-shot
-    on the official miniImageNet / tieredImageNet embeddings, the official defaults otherwise."""
-    if name != "auto":
-        return name
-    if data == "synthetic":
-        return "synthetic"
-    if data != "leo-pickles":
-        return "default"
-    prefix = {"miniImageNet": "mini", "tieredImageNet": "tiered"}.get(dataset)
-    tuned = f"{prefix}-{shot}shot"
-    return tuned if prefix and way == 5 and tuned in PRESETS else "default"
-
-
-def _add_data(p: argparse.ArgumentParser) -> None:
-    data = p.add_argument_group("data")
-    data.add_argument(
-        "--data",
-        choices=SOURCES,
-        default="synthetic",
-        help="built-in synthetic embeddings, the official LEO pickles, or images "
-        "embedded by a stage-1 backbone: glyphs (built in) or omniglot (--data-dir)",
-    )
-    data.add_argument(
-        "--data-dir",
-        type=Path,
-        help="folder holding the official embeddings "
-        "(<data-dir>/<dataset>/<crop>/<split>_embeddings.pkl)",
-    )
-    data.add_argument(
-        "--dataset",
-        default="miniImageNet",
-        help=f"{' or '.join(DATASETS)}, or the folder name of embeddings exported "
-        "in the same layout",
-    )
-    data.add_argument("--crop", choices=CROPS, default="center")
-    data.add_argument(
-        "--train-on-val",
-        action="store_true",
-        help="add the meta-val classes to meta-train (the paper's final protocol)",
-    )
-    data.add_argument(
-        "--synthetic-seed", type=_positive_int, default=0, help="seed of the synthetic generator"
-    )
-
-
-def _data_spec(args: argparse.Namespace) -> dict[str, Any]:
-    """The data spec the --data flags name (a clear error when --data-dir is missing)."""
-    if args.data == "leo-pickles":
-        if args.data_dir is None:
-            raise UserError(
-                "--data leo-pickles needs --data-dir DIR, the folder that holds "
-                f"{args.dataset}/{args.crop}/train_embeddings.pkl"
-            )
-        return leo_pickles_spec(args.data_dir, args.dataset, args.crop, args.train_on_val)
-    if args.data == "omniglot":
-        if args.data_dir is None:
-            raise UserError(
-                "--data omniglot needs --data-dir DIR, the folder that holds "
-                "images_background/ and images_evaluation/"
-            )
-        return omniglot_spec(args.data_dir)
-    if args.data == "glyphs":
-        return glyphs_spec()
-    return synthetic_spec(SyntheticConfig(seed=args.synthetic_seed))
-
-
-def _train(args: argparse.Namespace) -> int:
-    from .training import train
-
-    overrides = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(LEOConfig)
-        if hasattr(args, f.name)
-    }
-    leo_config = preset(
-        auto_preset(args.preset, args.data, args.dataset, args.way, args.shot), **overrides
-    )
-    train_config = TrainConfig(
-        n_way=args.way,
-        k_shot=args.shot,
-        n_query=args.queries,
-        eval_n_query=args.eval_queries,
-        batch_size=args.batch_size,
-        steps=args.steps,
-        val_every=args.val_every,
-        val_tasks=args.val_tasks,
-        test_tasks=args.test_tasks,
-        seed=args.seed,
-        dtype=args.dtype,
-    )
-    spec = _data_spec(args)
-    bank = load_bank(spec, log=_log, progress=not args.no_progress)
-    result = train(
-        leo_config,
-        train_config,
-        bank,
-        args.out,
-        data_spec=spec,
-        device=args.device,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
-    print(
-        f"best meta-val accuracy {100 * result.best_val_accuracy:.2f}% at step {result.best_step}"
-    )
-    print(result.test)
-    if args.data == "synthetic":
-        config = SyntheticConfig(seed=args.synthetic_seed)
-        bayes, ci = bayes_accuracy(config, args.way, args.shot)
-        no_bias, ci_nb = bayes_accuracy(config, args.way, args.shot, bias=False)
-        print(
-            f"Bayes-optimal accuracy of the synthetic generator: {100 * bayes:.2f}% "
-            f"+- {100 * ci:.2f}%; its rule without the bias term (the form of LEO's "
-            f"classifier): {100 * no_bias:.2f}% +- {100 * ci_nb:.2f}%"
+    name = SOURCES[args.data].label(spec)
+    lock = RunLock(args.out) if args.out is not None else None
+    if lock is not None:
+        lock.acquire()  # refuse a folder another comparison is writing, before hours of work
+    try:
+        bank = load_bank(spec, log=log, progress=not quiet)
+        rows = run_comparison(
+            bank,
+            train_config,
+            leo_config,
+            methods,
+            data=name,
+            device=device,
+            progress=not quiet,
+            log=log,
         )
-    print(f"run saved in {result.run_dir} ({result.seconds:.0f} s)")
+        print(rows_to_json(rows) if args.json else format_table(rows))
+        if args.out is not None:
+            stem = args.out / f"compare_{name}_{args.shot}shot"
+            save_rows(stem.with_suffix(".json"), rows)
+            save_chart(stem.with_suffix(".png"), rows)
+            log(f"saved {stem}.json and {stem}.png")
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .training import TEST, VAL, evaluate, load_run, resolve_device
+    from .rundir import load_run, steps_done
+    from .runtime import SeedPurpose, resolve_device
+    from .sources import load_bank
+    from .training import evaluate
 
-    model, record = load_run(args.run_dir, resolve_device(args.device))
+    device = resolve_device(args.device)
+    model, record = load_run(args.run_dir, device)
     train_config = TrainConfig(**record["train_config"])
+    done = steps_done(args.run_dir)
+    finished = done is not None and done >= train_config.steps
+    if not finished:
+        _log(
+            f"note: {args.run_dir} is an unfinished run ({done or 0} of {train_config.steps} "
+            "steps); this scores the best model so far (finish it with the train command "
+            "plus --resume)"
+        )
     bank = load_bank(record["data"], log=_log, progress=not args.json)
     result = evaluate(
         model,
@@ -383,12 +391,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         n_query=args.queries if args.queries else train_config.eval_n_query,
         tasks=args.tasks,
         batch_size=train_config.eval_batch_size,
-        seed=[train_config.seed, TEST if args.split == "test" else VAL],
+        seed=[train_config.seed, SeedPurpose.TEST if args.split == "test" else SeedPurpose.VAL],
         split_name=args.split,
         progress=not args.json,
     )
     if args.json:
-        print(json.dumps({**result.to_dict(), "run_dir": str(args.run_dir)}))
+        info = {"run_dir": str(args.run_dir), "finished": finished, "steps_done": done}
+        print(json.dumps({**result.to_dict(), **info}))
     else:
         print(result)
     return 0
@@ -399,15 +408,14 @@ def _prepare(args: argparse.Namespace) -> int:
     optionally exported in the official pickle layout."""
     import time
 
-    from .data.sources import backbone_for, image_dataset
-    from .features import embed_dataset, export_leo_pickles
+    from .data import export_leo_pickles
+    from .features import backbone_for, embed_dataset
+    from .rundir import RunLock
+    from .sources import image_dataset
 
-    if args.source == "omniglot" and args.data_dir is None:
-        raise UserError(
-            "prepare omniglot needs --data-dir DIR, the folder that holds "
-            "images_background/ and images_evaluation/"
-        )
-    spec = omniglot_spec(args.data_dir) if args.source == "omniglot" else glyphs_spec()
+    _check_out(args.out)
+    args.data = args.source
+    spec = spec_from_flags(args)
     times = {}
     start = time.perf_counter()
     dataset = image_dataset(spec, log=_log, progress=not args.no_progress)
@@ -421,7 +429,8 @@ def _prepare(args: argparse.Namespace) -> int:
     for name, split in bank.splits.items():
         print(f"{name}: {split.n_classes} classes, {split.n_images} images -> {bank.dim}-d")
     if args.out is not None:
-        folder = export_leo_pickles(bank, args.out, dataset=args.source)
+        with RunLock(args.out):
+            folder = export_leo_pickles(bank, args.out, dataset=args.source)
         print(
             f"official pickle layout written to {folder}; train on it with: leo-tutorial "
             f"train --data leo-pickles --data-dir {args.out} --dataset {args.source} ..."
@@ -431,22 +440,18 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .training import read_json
+    from .rundir import METRICS_FILE, RUN_FILE, TEST_FILE, read_json
 
     run_dir: Path = args.run_dir
-    record = read_json(run_dir / "run.json", "run record")
+    record = read_json(run_dir / RUN_FILE, "run record")
     metrics = (
-        read_json(run_dir / "metrics.json", "metrics history")
-        if (run_dir / "metrics.json").exists()
+        read_json(run_dir / METRICS_FILE, "metrics history")
+        if (run_dir / METRICS_FILE).exists()
         else {"val": [], "train": [], "skipped": []}
     )
     val = metrics.get("val", [])
     best = max(val, key=lambda h: h["accuracy"]) if val else None
-    test = (
-        read_json(run_dir / "test.json", "test result")
-        if (run_dir / "test.json").exists()
-        else None
-    )
+    test = read_json(run_dir / TEST_FILE, "test result") if (run_dir / TEST_FILE).exists() else None
     summary: dict[str, Any] = {
         "run_dir": str(run_dir),
         "data": record["data"],
@@ -483,39 +488,58 @@ def _info(args: argparse.Namespace) -> int:
             f"meta-test accuracy {100 * test['accuracy']:.2f}% +- {100 * test['ci95']:.2f}% "
             f"over {test['tasks']} tasks"
         )
+    elif summary["steps_done"] < tc["steps"]:
+        print(
+            f"unfinished: {summary['steps_done']} of {tc['steps']} steps (continue with --resume)"
+        )
     return 0
 
 
+# -------------------------------------------------------------------------------- parser
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error message (no usage dump)."""
+    """argparse with a one-line error message (no usage dump) and, for a misspelt flag, the
+    closest valid one."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            subparsers = self._subparsers._group_actions[0].choices if self._subparsers else {}
+            sub = subparsers.get(getattr(parsed, "command", None), self)
+            flags = [f for f in sub._option_string_actions if f.startswith("--")]
+            unknown = next((e for e in extras if e.startswith("-")), extras[0])
+            guess = difflib.get_close_matches(unknown.split("=")[0], flags, n=1, cutoff=0.6)
+            hint = f"; did you mean {guess[0]}?" if guess else ""
+            sub.error(f"unrecognized argument {unknown}{hint}")
+        return parsed
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="leo-tutorial", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
     p = sub.add_parser("evaluate", help="accuracy of a run's best model with a 95%% CI")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--split", choices=("test", "val"), default="test")
-    p.add_argument("--tasks", type=_positive_int, default=2000)
+    p.add_argument("--tasks", type=_count(1), default=2000)
     p.add_argument(
         "--queries",
-        type=_positive_int,
+        type=_count(1),
         default=None,
         help="queries per class (default: the run's evaluation setting)",
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_device(p)
     _add_threads(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    images = [s.name for s in SOURCES.values() if s.has_images]
     p = sub.add_parser(
         "prepare",
         help="stage 1: render/read images, pre-train or load the "
         "backbone, embed, optionally export the official pickle layout",
     )
-    p.add_argument("source", choices=("glyphs", "omniglot"))
+    p.add_argument("source", choices=images)
     p.add_argument("--data-dir", type=Path, help="the Omniglot folder (omniglot only)")
     p.add_argument("--out", type=Path, help="write <out>/<source>/center/*_embeddings.pkl")
     p.add_argument(
@@ -523,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="pre-train the backbone again (cached; later runs use it)",
     )
-    p.add_argument("--epochs", type=_positive_int, default=6, help="pre-training epochs")
+    p.add_argument("--epochs", type=_count(1), default=6, help="pre-training epochs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_threads(p)
     _add_compare(sub)
@@ -534,7 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, one line printed already)
+        return int(e.code or 0)
     command = {
         "train": _train,
         "evaluate": _evaluate,

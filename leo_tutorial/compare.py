@@ -28,35 +28,31 @@ CI of the per-task differences (paired: both were tested on the same tasks).
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from torch import nn
 
-from .baselines import BASELINES, INNER_LRS, PROBE_CS, BaselineConfig
+from .assets import ASSETS
+from .baselines import BASELINES, BaselineConfig
 from .config import LEOConfig, TrainConfig
 from .data import EpisodeSampler, FeatureBank
 from .errors import UserError
 from .io import atomic_write, atomic_write_json
 from .model import LEO
+from .runtime import SeedPurpose, resolve_device, step_seed, torch_dtype
 from .training import (
-    INIT,
-    TEST,
-    TORCH,
-    TRAIN,
-    VAL,
-    evaluate,
+    BestModel,
+    check_task_shape,
+    evaluate_split,
     make_optimizer,
     mean_ci95,
-    meta_step,
-    resolve_device,
-    step_seed,
-    torch_dtype,
+    meta_train,
 )
 
 LEO_ABLATIONS: dict[str, dict[str, Any]] = {
@@ -67,7 +63,44 @@ LEO_ABLATIONS: dict[str, dict[str, Any]] = {
     "no-finetune": dict(finetuning_unroll_length=0),
     "LEO": {},
 }
-METHODS: tuple[str, ...] = (*BASELINES, *LEO_ABLATIONS)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One contender of the comparison and what fitting it takes.
+
+    ``build(leo_config, baseline_config, embedding_dim, n_way, dtype)`` makes the untrained
+    model; ``meta_learned``: whether it is meta-trained (:func:`training.meta_train`);
+    ``selected_on_val``: config fields chosen on S^val with the untrained model before that,
+    each with its candidates (MAML's alpha, the probe's C); ``group`` colours the chart.
+    """
+
+    name: str
+    group: str  # "baseline", "LEO ablation" or "LEO (full)"
+    build: Callable[[LEOConfig, BaselineConfig, int, int, torch.dtype], nn.Module]
+    meta_learned: bool
+    selected_on_val: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+
+def _baseline(name: str, cls: type) -> Method:
+    def build(lc: LEOConfig, bc: BaselineConfig, d: int, n: int, dtype: torch.dtype) -> nn.Module:
+        return cls(bc, d, n, dtype)
+
+    return Method(name, "baseline", build, cls.meta_learned, dict(cls.selected_on_val))
+
+
+def _leo(name: str, switches: dict[str, Any]) -> Method:
+    def build(lc: LEOConfig, bc: BaselineConfig, d: int, n: int, dtype: torch.dtype) -> nn.Module:
+        return LEO(lc.replace(**switches), d, n, dtype)
+
+    return Method(name, "LEO ablation" if switches else "LEO (full)", build, True)
+
+
+# Table order: the baselines of :mod:`leo_tutorial.baselines`, then LEO's ablations, then LEO.
+METHODS: dict[str, Method] = {
+    **{name: _baseline(name, cls) for name, cls in BASELINES.items()},
+    **{name: _leo(name, switches) for name, switches in LEO_ABLATIONS.items()},
+}
 ROW_KEYS = ("method", "accuracy", "ci95", "train_seconds")  # always present in a row
 
 
@@ -95,15 +128,9 @@ def build_method(
     embedding_dim: int,
     n_way: int,
     dtype: torch.dtype,
-) -> torch.nn.Module:
+) -> nn.Module:
     """An untrained model for method ``name``, in training mode."""
-    if name in LEO_ABLATIONS:
-        return LEO(leo_config.replace(**LEO_ABLATIONS[name]), embedding_dim, n_way, dtype).train()
-    return BASELINES[name](baseline_config, embedding_dim, n_way, dtype).train()
-
-
-def is_meta_learned(model: torch.nn.Module) -> bool:
-    return isinstance(model, LEO) or getattr(model, "meta_learned", False)
+    return METHODS[name].build(leo_config, baseline_config, embedding_dim, n_way, dtype).train()
 
 
 def fit(
@@ -114,80 +141,56 @@ def fit(
     baseline_config: BaselineConfig,
     device: torch.device,
     progress: bool = False,
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train method ``name`` and select it on S^val, exactly as :func:`training.train` does
-    (same seeds, batches, optimiser, clipping, validation schedule; the best state is kept in
-    memory instead of ``best.pt``). MAML's / Meta-SGD's alpha (among ``INNER_LRS``) and the
-    probe's C (among ``PROBE_CS``) are chosen on the same S^val tasks first, with the untrained
-    model. Returns (model, {val_accuracy, best_step, and the chosen alpha or C})."""
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Fit method ``name`` and select it on S^val, exactly as :func:`training.train` does
+    (the same loop, seeds, batches, optimiser, clipping and validation schedule; the best state
+    is kept in memory instead of ``best.pt``). What the method selects on S^val
+    (``Method.selected_on_val``) is chosen first, on the same S^val tasks, with the untrained
+    model. Returns (model, {val_accuracy, best_step, and each selected value})."""
+    method = METHODS[name]
     dtype = torch_dtype(tc.dtype)
-    val_split = bank.split("val")
 
-    def validate(m: torch.nn.Module) -> float:
-        return evaluate(
-            m,
-            val_split,
-            n_way=tc.n_way,
-            k_shot=tc.k_shot,
-            n_query=tc.eval_n_query,
-            tasks=tc.val_tasks,
-            batch_size=tc.eval_batch_size,
-            seed=[tc.seed, VAL],
-            split_name="val",
-            device=device,
-        ).accuracy
+    def validate(model: nn.Module) -> Any:
+        return evaluate_split(model, bank, tc, "val", device=device)
+
+    def build(config: BaselineConfig) -> nn.Module:
+        return build_method(name, leo_config, config, bank.dim, tc.n_way, dtype).to(device)
 
     selected: dict[str, Any] = {}
-    if name in ("maml", "meta-sgd"):  # alpha (MAML's fixed rate, Meta-SGD's initial rates)
+    untrained_val = None  # S^val accuracy of the untrained model with the selected values
+    for key, candidates in method.selected_on_val.items():
         scores = {
-            a: validate(
-                build_method(
-                    name,
-                    leo_config,
-                    baseline_config.replace(inner_lr_init=a),
-                    bank.dim,
-                    tc.n_way,
-                    dtype,
-                ).to(device)
-            )
-            for a in INNER_LRS
+            c: validate(build(baseline_config.replace(**{key: c}))).accuracy for c in candidates
         }
-        selected["inner_lr_init"] = max(scores, key=scores.get)
-        baseline_config = baseline_config.replace(**selected)
-    torch.manual_seed(step_seed(tc.seed, INIT, 0))
-    model = build_method(name, leo_config, baseline_config, bank.dim, tc.n_way, dtype).to(device)
-
-    if name == "logreg":  # choose C on S^val (no meta-training)
-        scores = {
-            c: validate(
-                build_method(
-                    name, leo_config, baseline_config.replace(probe_c=c), bank.dim, tc.n_way, dtype
-                )
-            )
-            for c in PROBE_CS
-        }
-        best_c = max(scores, key=scores.get)
-        model.config = baseline_config.replace(probe_c=best_c)
-        return model, {"val_accuracy": scores[best_c], "best_step": 0, "probe_c": best_c}
-    if not is_meta_learned(model):
-        return model, {"val_accuracy": validate(model), "best_step": 0}
+        selected[key] = max(scores, key=scores.get)
+        baseline_config = baseline_config.replace(**{key: selected[key]})
+        untrained_val = scores[selected[key]]
+    torch.manual_seed(step_seed(tc.seed, SeedPurpose.INIT, 0))
+    model = build(baseline_config)
+    if not method.meta_learned:
+        if untrained_val is None:
+            untrained_val = validate(model).accuracy
+        return model, {"val_accuracy": untrained_val, "best_step": 0, **selected}
 
     sampler = EpisodeSampler(bank.split("train"), tc.n_way, tc.k_shot, tc.n_query)
-    optimizer = make_optimizer(model)
-    best_val, best_step, best_state = -1.0, -1, None
-    for step in tqdm(range(tc.steps + 1), disable=not progress, desc=name, leave=False):
-        if step % tc.val_every == 0 or step == tc.steps:
-            accuracy = validate(model)
-            if accuracy > best_val:
-                best_val, best_step = accuracy, step
-                best_state = copy.deepcopy(model.state_dict())
-        if step == tc.steps:
-            break
-        batch = sampler.sample(tc.batch_size, [tc.seed, TRAIN, step]).to(device, dtype)
-        torch.manual_seed(step_seed(tc.seed, TORCH, step))
-        meta_step(model, optimizer, batch)
-    model.load_state_dict(best_state)
-    return model, {"val_accuracy": best_val, "best_step": best_step, **selected}
+    best = BestModel()
+    meta_train(
+        model,
+        make_optimizer(model),
+        lambda step: sampler.sample(tc.batch_size, [tc.seed, SeedPurpose.TRAIN, step]).to(
+            device, dtype
+        ),
+        steps=tc.steps,
+        seed=tc.seed,
+        validate=lambda: validate(model),
+        val_every=tc.val_every,
+        best=best,
+        progress=progress,
+        desc=name,
+        leave=False,
+    )
+    best.restore(model)
+    return model, {"val_accuracy": best.val_accuracy, "best_step": best.step, **selected}
 
 
 def run_comparison(
@@ -203,43 +206,31 @@ def run_comparison(
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Fit every method in ``methods`` (default: all) on ``bank`` with the same budget and test
-    all of them on the same ``train_config.test_tasks`` meta-test tasks. One row per method."""
+    all of them on the same ``train_config.test_tasks`` meta-test tasks. One row per method.
+
+    Example::
+
+        bank = leo_tutorial.sources.load_bank(leo_tutorial.sources.synthetic_spec())
+        tc = TrainConfig(steps=300)
+        rows = run_comparison(bank, tc, preset("synthetic"), ["protonet", "LEO"])
+        print(format_table(rows))
+    """
     methods = parse_methods(methods)
     baseline_config = baseline_config or BaselineConfig(
         inner_unroll_length=leo_config.inner_unroll_length
     )
     device = resolve_device(device)
     tc = train_config
-    for split in ("train", "val", "test"):  # impossible episode shapes fail before training
-        EpisodeSampler(
-            bank.split(split),
-            tc.n_way,
-            tc.k_shot,
-            tc.n_query if split == "train" else tc.eval_n_query,
-        )
+    check_task_shape(bank, tc, ("train", "val", "test"))  # before any training
     rows, per_task = [], {}
     for name in methods:
-        log(
-            f"{name}: fitting ({tc.steps} steps)"
-            if name not in ("nearest-centroid", "logreg")
-            else f"{name}: fitting"
-        )
+        method = METHODS[name]
+        log(f"{name}: fitting ({tc.steps} steps)" if method.meta_learned else f"{name}: fitting")
         start = time.perf_counter()
         model, info = fit(name, bank, tc, leo_config, baseline_config, device, progress)
         train_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        result = evaluate(
-            model,
-            bank.split("test"),
-            n_way=tc.n_way,
-            k_shot=tc.k_shot,
-            n_query=tc.eval_n_query,
-            tasks=tc.test_tasks,
-            batch_size=tc.eval_batch_size,
-            seed=[tc.seed, TEST],
-            device=device,
-            progress=progress,
-        )
+        result = evaluate_split(model, bank, tc, "test", device=device, progress=progress)
         row = {
             "method": name,
             "accuracy": result.accuracy,
@@ -250,7 +241,7 @@ def run_comparison(
             "data": data or bank.name,
             "way": tc.n_way,
             "shot": tc.k_shot,
-            "steps": tc.steps if is_meta_learned(model) else 0,
+            "steps": tc.steps if method.meta_learned else 0,
             "tasks": result.tasks,
             "queries_per_class": result.queries_per_class,
         }
@@ -321,7 +312,7 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
 
 def asset_path(data: str, shot: int) -> Path:
     """The measured comparison shipped with the package (benchmarks/bench_compare.py)."""
-    return Path(__file__).resolve().parent / "assets" / f"compare_{data}_{shot}shot.json"
+    return ASSETS / f"compare_{data}_{shot}shot.json"
 
 
 def plot_rows(rows: Sequence[dict[str, Any]], ax: Any = None) -> Any:
@@ -339,13 +330,7 @@ def plot_rows(rows: Sequence[dict[str, Any]], ax: Any = None) -> Any:
     groups = {"baseline": PALETTE[1], "LEO ablation": PALETTE[0], "LEO (full)": PALETTE[2]}
 
     def group(method: str) -> str:
-        return (
-            "LEO (full)"
-            if method == "LEO"
-            else "LEO ablation"
-            if method in LEO_ABLATIONS
-            else "baseline"
-        )
+        return METHODS[method].group if method in METHODS else "baseline"
 
     y = list(range(len(rows)))[::-1]  # first row on top
     accuracy = [100 * r["accuracy"] for r in rows]

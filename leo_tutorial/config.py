@@ -67,8 +67,9 @@ class LEOConfig:
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
 
     def replace(self, **changes: Any) -> LEOConfig:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (validated again; the old ``inner_gradient`` key is
+        upgraded as in :func:`config_from_dict`)."""
+        return dataclasses.replace(self, **_upgrade_leo_config(changes))
 
 
 @dataclass(frozen=True)

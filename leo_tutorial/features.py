@@ -6,8 +6,10 @@ only and meta-learns LEO on its frozen features. We do the same at a CPU-friendl
 1. :func:`train_backbone` trains :class:`ConvNet4` (+ a linear head, dropped afterwards) with
    cross-entropy on the ``train`` split of an :class:`~leo_tutorial.data.images.ImageDataset`;
 2. :func:`embed_dataset` embeds every split with the frozen backbone -> a ``FeatureBank``;
-3. :func:`export_leo_pickles` writes the bank in the official pickle layout, so the
-   ``leo-pickles`` reader takes it like the miniImageNet files.
+3. :func:`backbone_for` picks the backbone of a dataset (cached, shipped or trained now) and
+   :func:`image_bank` applies it; :func:`leo_tutorial.data.export_leo_pickles` writes a bank in
+   the official pickle layout, so the ``leo-pickles`` reader takes it like the miniImageNet
+   files.
 
 Embedding dimension of :class:`ConvNet4` (``channels`` = C, ``blocks`` = 4, input H x W): each
 block halves the size with floor, so 28 x 28 -> 14 -> 7 -> 3 -> 1 and ``layer="final"`` gives
@@ -21,6 +23,7 @@ the meta-test classes is then 97.2 % on the embeddings vs 52.7 % on raw pixels.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -35,16 +38,16 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from leo_tutorial.data.bank import SPLIT_NAMES, FeatureBank, FeatureSplit
-from leo_tutorial.data.images import ImageDataset
-from leo_tutorial.data.leo_pickles import make_leo_key, read_leo_split, write_leo_pickle
-from leo_tutorial.errors import UserError
-from leo_tutorial.io import atomic_torch_save, atomic_write_json
+from .assets import ASSETS
+from .data.bank import FeatureBank, FeatureSplit
+from .data.images import ImageDataset
+from .errors import UserError
+from .io import atomic_torch_save
+from .runtime import default_cache_dir, resolve_device
 
 BACKBONE_FORMAT = "leo-tutorial/convnet4"
 BACKBONE_VERSION = 1
 LAYERS = ("final", "prepool")
-CLASS_INDEX = "classes.json"  # next to exported pickles: safe class id -> original class name
 
 
 class ConvNet4(nn.Module):
@@ -154,7 +157,6 @@ def train_backbone(
     augmented training batches, ``seconds``), ``classes``, ``image_size``, ``dataset``, ``seed``,
     ready to be passed to :func:`save_backbone` as metadata.
     """
-    from leo_tutorial.training import resolve_device
 
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise UserError(f"epochs must be an integer >= 1, got {epochs!r}")
@@ -267,77 +269,6 @@ def embed_dataset(
 
 
 # ---------------------------------------------------------------------------------------------
-# Official pickle layout
-
-
-def class_ids(bank: FeatureBank) -> dict[str, list[str]]:
-    """Per split, an id ``c00000, c00001, ...`` for each class (numbered over train, val, test in
-    order; fixed width, so sorting the ids keeps the label order). Official keys cannot hold the
-    original names, which may contain ``-`` or ``_``."""
-    total = sum(s.n_classes for s in bank.splits.values())
-    width = max(5, len(str(total - 1)))
-    ids, next_id = {}, 0
-    for name in SPLIT_NAMES:
-        if name in bank.splits:
-            n = bank.splits[name].n_classes
-            ids[name] = [f"c{i:0{width}d}" for i in range(next_id, next_id + n)]
-            next_id += n
-    return ids
-
-
-def export_leo_pickles(
-    bank: FeatureBank, out_dir: str | os.PathLike, dataset: str | None = None, crop: str = "center"
-) -> Path:
-    """Write ``<out_dir>/<dataset>/<crop>/{train,val,test}_embeddings.pkl`` in the official layout
-    (keys ``x-<class id>-<class id>_<index>.JPEG``) and ``classes.json`` beside them (class id ->
-    original name per split, and the bank's name). ``dataset`` defaults to the part of the bank's
-    name before ``/`` (``"glyphs/convnet4"`` -> ``"glyphs"``). Returns the folder of the pickles.
-    """
-    dataset = dataset or bank.name.split("/")[0]
-    if not dataset or any(c in dataset for c in "/\\") or dataset in (".", ".."):
-        raise UserError(f"dataset folder name {dataset!r} is not a plain name; pass dataset=...")
-    folder = Path(out_dir) / dataset / crop
-    ids = class_ids(bank)
-    index: dict[str, Any] = {"source": bank.name, "dim": bank.dim, "splits": {}}
-    for name, split in bank.splits.items():
-        counters = np.zeros(split.n_classes, dtype=np.int64)
-        keys = []
-        for label in split.labels:
-            keys.append(make_leo_key(ids[name][label], int(counters[label])))
-            counters[label] += 1
-        write_leo_pickle(folder / f"{name}_embeddings.pkl", split.embeddings, keys, split.labels)
-        index["splits"][name] = dict(zip(ids[name], split.class_names, strict=True))
-    atomic_write_json(folder / CLASS_INDEX, index)
-    return folder
-
-
-def read_exported_pickles(folder: str | os.PathLike) -> FeatureBank:
-    """Read back a folder written by :func:`export_leo_pickles` (each file through the official
-    reader, :func:`~leo_tutorial.data.read_leo_split`), restoring the original class names."""
-    folder = Path(folder)
-    try:
-        index = json.loads((folder / CLASS_INDEX).read_text(encoding="utf-8"))
-        names_of = index["splits"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(
-            f"cannot read {folder / CLASS_INDEX} ({type(err).__name__}); export the "
-            "features again with export_leo_pickles"
-        ) from None
-    splits = {}
-    for name in names_of:
-        split = read_leo_split(folder / f"{name}_embeddings.pkl")
-        try:
-            class_names = [names_of[name][cid] for cid in split.class_names]
-        except KeyError as err:
-            raise UserError(
-                f"{folder / CLASS_INDEX} does not list class {err}; export the "
-                "features again with export_leo_pickles"
-            ) from None
-        splits[name] = FeatureSplit(split.embeddings, split.labels, class_names, split.image_names)
-    return FeatureBank(splits, name=str(index.get("source", folder.parent.name)))
-
-
-# ---------------------------------------------------------------------------------------------
 # Saving and loading the backbone
 
 
@@ -402,3 +333,47 @@ def load_backbone(
         raise UserError(f"{path} does not match its architecture ({first}); {fix}") from None
     meta = saved.get("meta", {})
     return backbone.to(device).eval(), meta if isinstance(meta, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Which backbone a dataset uses
+
+SHIPPED_BACKBONES = {"glyphs": ASSETS / "glyphs_convnet4.pt"}  # trained on glyphs' meta-train
+
+
+def backbone_cache_path(dataset: ImageDataset) -> Path:
+    """Where a backbone trained here for ``dataset`` is cached (keyed by its meta-train set)."""
+    train = dataset.split("train")
+    digest = hashlib.sha256(train.images.tobytes() + "\n".join(train.class_names).encode())
+    return default_cache_dir() / f"{dataset.name}-convnet4-{digest.hexdigest()[:16]}.pt"
+
+
+def backbone_for(
+    dataset: ImageDataset,
+    retrain: bool = False,
+    epochs: int = 6,
+    log: Callable[[str], None] = print,
+) -> ConvNet4:
+    """The stage-1 backbone for an image dataset: one trained here before (cached under the
+    user's cache directory), else the shipped one (glyphs), else one trained now on the
+    meta-train classes and cached. ``retrain`` always trains (and replaces the cached one).
+    Returns a :class:`ConvNet4` in eval mode."""
+    path = backbone_cache_path(dataset)
+    if path.is_file() and not retrain:  # a backbone trained here (first use or --retrain)
+        return load_backbone(path)[0]
+    shipped = SHIPPED_BACKBONES.get(dataset.name)
+    if shipped is not None and shipped.is_file() and not retrain:
+        return load_backbone(shipped)[0]
+    train = dataset.split("train")
+    log(
+        f"pre-training the stage-1 backbone on {train.n_classes} {dataset.name} meta-train "
+        f"classes ({epochs} epochs)"
+    )
+    backbone, history = train_backbone(dataset, epochs=epochs, channels=32, log=log)
+    save_backbone(path, backbone, history)
+    return backbone.eval()
+
+
+def image_bank(dataset: ImageDataset, log: Callable[[str], None] = print) -> FeatureBank:
+    """Stage 1 applied: the dataset's images embedded by its backbone (LEO_SPEC §1.3)."""
+    return embed_dataset(backbone_for(dataset, log=log), dataset)

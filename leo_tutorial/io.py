@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -33,9 +34,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     return path
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf) replaced by None, so that it is strict
+    JSON (``json.dump`` would write the non-standard ``NaN`` / ``Infinity``)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    return atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=False), mode="w")
+    """Write ``obj`` as indented, strict JSON (non-finite numbers as ``null``), atomically."""
+    text = json.dumps(strict_json(obj), indent=2, allow_nan=False)
+    return atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:

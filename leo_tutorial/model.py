@@ -113,6 +113,16 @@ class LEOOutput:
     def w(self) -> Tensor:
         return self._weights()[-1]
 
+    def training_metrics(self) -> dict[str, float]:
+        """What the training loop logs for this step: means over the batch's tasks."""
+        terms = {
+            "loss": self.query_loss,
+            "accuracy": self.query_accuracy,
+            "kl": self.kl,
+            "encoder_penalty": self.encoder_penalty,
+        }
+        return {name: t.detach().mean().item() for name, t in terms.items()}
+
     def detach(self) -> LEOOutput:
         """The same output with every tensor detached from the autograd graph."""
         return LEOOutput(

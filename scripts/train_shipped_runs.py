@@ -7,7 +7,7 @@ Each run is ``leo-tutorial train --data glyphs --way 5 --shot K --device cpu --t
 (the official default hyper-parameters, the default schedule, seed 0) and lands in
 ``leo_tutorial/assets/glyphs_leo_<K>shot/`` as a run directory without its resume state:
 ``run.json``, ``best.pt`` (the model selected on meta-val), ``metrics.json`` (the curves) and
-``test.json`` (meta-test accuracy with its 95% CI). ``training.load_run`` reads it; notebooks 06
+``test.json`` (meta-test accuracy with its 95% CI). ``rundir.load_run`` reads it; notebooks 06
 and 08 use it. Run this again whenever the glyph data or the shipped stage-1 backbone changes.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from leo_tutorial import TrainConfig, preset
-from leo_tutorial.data.sources import ASSETS, glyphs_spec, load_bank
+from leo_tutorial.sources import ASSETS, glyphs_spec, load_bank
 from leo_tutorial.training import train
 
 SHIPPED_SHOTS = (1,)

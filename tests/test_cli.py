@@ -223,11 +223,13 @@ def _user_error_cases(tmp_path):
         ([*pick, evil], "refusing"),
         ([*pick, good, "--way", "7"], "--way"),  # val has 6 classes
         (["--shot", "590", "--queries", "15"], "fewer"),
-        (["--dropout-rate", "1.5"], "dropout_rate"),
-        (["--outer-lr", "-1"], "outer_lr"),
+        (["--dropout-rate", "1.5"], "--dropout-rate must be in [0, 1)"),
+        (["--outer-lr", "-1"], "--outer-lr must be > 0"),
         (["--steps", "abc"], "not a whole number"),
-        (["--way", "1"], "n_way must be >= 2"),
-        (["--kl-weight", "nan"], "kl_weight"),
+        (["--way", "1"], "--way: must be >= 2 (a task needs two classes), got 1"),
+        (["--way", "0"], "--way: must be >= 2 (a task needs two classes), got 0"),
+        (["--shot", "0"], "--shot: must be >= 1, got 0"),
+        (["--kl-weight", "nan"], "--kl-weight = nan is not a finite number"),
     ]
 
 

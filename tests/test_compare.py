@@ -220,7 +220,7 @@ def test_plot_rows_draws_one_bar_per_method_with_labels(tmp_path):
     [
         (["--methods", "foo,LEO"], "unknown method(s) foo; choose from: nearest-centroid"),
         (["--data", "leo-pickles"], "--data leo-pickles needs --data-dir DIR"),
-        (["--shot", "0"], "k_shot must be >= 1"),
+        (["--shot", "0"], "--shot: must be >= 1, got 0"),
         (["--data", "omniglot"], "--data omniglot needs --data-dir DIR"),
     ],
 )

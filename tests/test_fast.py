@@ -181,7 +181,7 @@ def test_dropout_masks_are_zero_or_the_inverse_keep_rate_and_unbiased():
 # ------------------------------------------------------------------- the switch's old name
 @pytest.mark.parametrize("old, reference", [("analytic", False), ("autograd", True)])
 def test_run_records_with_the_old_inner_gradient_key_still_load(tmp_path, old, reference):
-    from leo_tutorial.training import load_run, run_record
+    from leo_tutorial.rundir import load_run, run_record
 
     values = config_to_dict(LEOConfig())
     del values["reference"]
@@ -247,3 +247,21 @@ def test_evaluation_calls_an_overridden_forward_and_leaves_baselines_alone():
     assert fast.applies(model) and not fast.evaluates(model)  # forward's own fast path stays
     assert fast.evaluates(LEO(BASE, embedding_dim=16, n_way=5))
     assert not fast.applies(torch.nn.Linear(2, 2))
+
+
+def test_replace_accepts_the_old_switch_name():
+    assert LEOConfig().replace(inner_gradient="autograd").reference is True
+    assert LEOConfig(reference=True).replace(inner_gradient="analytic").reference is False
+
+
+def test_a_run_recorded_with_the_old_switch_name_can_be_resumed():
+    from leo_tutorial.rundir import check_resume, run_record
+
+    record = run_record(LEOConfig(), TrainConfig(), {}, 16)
+    saved = json.loads(json.dumps(record))
+    del saved["leo_config"]["reference"]
+    saved["leo_config"]["inner_gradient"] = "analytic"
+    check_resume(saved, record)  # the same run: no error
+    saved["leo_config"]["inner_gradient"] = "autograd"
+    with pytest.raises(UserError, match="reference: run has True, now False"):
+        check_resume(saved, record)

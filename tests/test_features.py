@@ -10,7 +10,9 @@ from leo_tutorial.data import (
     EpisodeSampler,
     FeatureBank,
     FeatureSplit,
+    export_leo_pickles,
     load_leo_pickles,
+    read_exported_pickles,
     read_leo_split,
 )
 from leo_tutorial.data.images import ImageDataset, ImageSplit
@@ -18,10 +20,8 @@ from leo_tutorial.features import (
     ConvNet4,
     embed,
     embed_dataset,
-    export_leo_pickles,
     load_backbone,
     random_shift,
-    read_exported_pickles,
     save_backbone,
     train_backbone,
 )

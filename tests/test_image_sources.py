@@ -6,7 +6,8 @@ import pytest
 from test_data_omniglot import make_fake_omniglot
 
 from leo_tutorial.cli import main
-from leo_tutorial.data.sources import SHIPPED_BACKBONES, glyphs_spec, load_bank, omniglot_spec
+from leo_tutorial.features import SHIPPED_BACKBONES
+from leo_tutorial.sources import glyphs_spec, load_bank, omniglot_spec
 
 
 @pytest.fixture(scope="module", autouse=True)

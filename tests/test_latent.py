@@ -13,8 +13,8 @@ import torch  # noqa: E402
 
 from leo_tutorial import LEO, LEOConfig, UserError, latent, losses, viz  # noqa: E402
 from leo_tutorial.data import EpisodeSampler, SyntheticConfig, make_synthetic_bank  # noqa: E402
-from leo_tutorial.data.sources import ASSETS, glyphs_spec  # noqa: E402
-from leo_tutorial.training import load_run  # noqa: E402
+from leo_tutorial.rundir import load_run  # noqa: E402
+from leo_tutorial.sources import ASSETS, glyphs_spec  # noqa: E402
 
 SMALL = SyntheticConfig(
     n_train_classes=12,

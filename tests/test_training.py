@@ -9,10 +9,10 @@ import torch
 from leo_tutorial import LEO, LEOConfig, TrainConfig, UserError
 from leo_tutorial.data import EpisodeSampler, SyntheticConfig, make_synthetic_bank
 from leo_tutorial.io import atomic_write
+from leo_tutorial.rundir import load_run
 from leo_tutorial.training import (
     clip_gradients,
     evaluate,
-    load_run,
     mean_ci95,
     meta_step,
     train,

@@ -1,26 +1,31 @@
-"""Data: feature banks, episode sampling and the data sources (LEO_SPEC §1).
+"""Data: feature banks, episode sampling and the readers and generators of every source
+(LEO_SPEC §1).
 
 Data flows one way: a source (official pickles, synthetic, ...) -> :class:`FeatureBank` of
 :class:`FeatureSplit` -> :class:`EpisodeSampler` -> :class:`TaskBatch` of tasks ``[B, N, K, D]``.
+The registry that names the sources (``--data``) is :mod:`leo_tutorial.sources`; image sources
+are embedded by stage 1 (:mod:`leo_tutorial.features`), which this package never imports.
 """
 
-from leo_tutorial.data.bank import SPLIT_NAMES, FeatureBank, FeatureSplit
-from leo_tutorial.data.episodes import EpisodeSampler, TaskBatch, l2_normalise
-from leo_tutorial.data.glyphs import GlyphConfig, glyph_classes, render_glyphs
-from leo_tutorial.data.images import ImageDataset, ImageSplit
-from leo_tutorial.data.leo_pickles import (
+from .bank import SPLIT_NAMES, FeatureBank, FeatureSplit
+from .episodes import EpisodeSampler, TaskBatch, l2_normalise
+from .glyphs import GlyphConfig, glyph_classes, render_glyphs
+from .images import ImageDataset, ImageSplit
+from .leo_pickles import (
     CROPS,
     DATASETS,
     EMBEDDINGS_URL,
+    export_leo_pickles,
     leo_pickle_path,
     load_leo_pickles,
     make_leo_key,
+    read_exported_pickles,
     read_leo_split,
     safe_load_pickle,
     write_leo_pickle,
 )
-from leo_tutorial.data.omniglot import omniglot_alphabet_split, read_omniglot
-from leo_tutorial.data.synthetic import (
+from .omniglot import omniglot_alphabet_split, read_omniglot
+from .synthetic import (
     SyntheticConfig,
     bayes_accuracy,
     make_synthetic_bank,
@@ -42,6 +47,7 @@ __all__ = [
     "SyntheticConfig",
     "TaskBatch",
     "bayes_accuracy",
+    "export_leo_pickles",
     "glyph_classes",
     "l2_normalise",
     "leo_pickle_path",
@@ -50,6 +56,7 @@ __all__ = [
     "make_synthetic_bank",
     "make_synthetic_split",
     "omniglot_alphabet_split",
+    "read_exported_pickles",
     "read_leo_split",
     "read_omniglot",
     "render_glyphs",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from leo_tutorial.errors import UserError
+from ..errors import UserError
 
 SPLIT_NAMES = ("train", "val", "test")
 

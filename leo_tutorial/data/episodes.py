@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from leo_tutorial.data.bank import FeatureSplit
-from leo_tutorial.errors import UserError
+from ..errors import UserError
+from .bank import FeatureSplit
 
 Seed = int | Sequence[int]
 

@@ -53,9 +53,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from leo_tutorial.data.images import ImageDataset, ImageSplit
-from leo_tutorial.errors import UserError
-from leo_tutorial.io import atomic_write
+from ..errors import UserError
+from ..io import atomic_write
+from ..runtime import default_cache_dir
+from .images import ImageDataset, ImageSplit
 
 CACHE_VERSION = 1
 """Bump when the rendering recipe changes: old cache files are then simply ignored."""
@@ -521,12 +522,6 @@ def distort(base: np.ndarray, config: GlyphConfig, rng: np.random.Generator) -> 
 
 
 # --- the dataset and its cache ------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/leo-tutorial``, or ``~/.cache/leo-tutorial``."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "leo-tutorial"
 
 
 def cache_path(

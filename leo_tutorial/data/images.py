@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from leo_tutorial.data.bank import SPLIT_NAMES
-from leo_tutorial.errors import UserError
+from ..errors import UserError
+from .bank import SPLIT_NAMES
 
 
 @dataclass

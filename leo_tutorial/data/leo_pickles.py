@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import importlib
+import json
 import os
 import pickle
 from collections import Counter
@@ -20,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from leo_tutorial.data.bank import SPLIT_NAMES, FeatureBank, FeatureSplit
-from leo_tutorial.errors import UserError
-from leo_tutorial.io import atomic_write
+from ..errors import UserError
+from ..io import atomic_write, atomic_write_json
+from .bank import SPLIT_NAMES, FeatureBank, FeatureSplit
 
 EMBEDDINGS_URL = "http://storage.googleapis.com/leo-embeddings/embeddings.zip"
 DATASETS = ("miniImageNet", "tieredImageNet")
@@ -33,7 +34,7 @@ def leo_pickle_path(data_dir: str | os.PathLike, dataset: str, crop: str, split:
     """``<data_dir>/<dataset>/<crop>/<split>_embeddings.pkl``, the official layout (§1.1).
 
     ``dataset`` is one of the official :data:`DATASETS` or the folder name of embeddings
-    exported in the same layout (``leo_tutorial.features.export_leo_pickles``, e.g. glyphs).
+    exported in the same layout (:func:`export_leo_pickles`, e.g. glyphs).
     """
     if not dataset or any(c in dataset for c in "/\\") or dataset in (".", ".."):
         raise UserError(
@@ -309,3 +310,77 @@ def write_leo_pickle(
             raise UserError(f"labels must have shape ({emb.shape[0]},), got {labels.shape}")
         obj["labels"] = labels
     return atomic_write(path, lambda f: pickle.dump(obj, f, protocol=2))
+
+
+CLASS_INDEX = "classes.json"  # next to exported pickles: safe class id -> original class name
+
+
+# ---------------------------------------------------------------------------------------------
+# Exporting a feature bank in the official layout (and reading it back)
+
+
+def class_ids(bank: FeatureBank) -> dict[str, list[str]]:
+    """Per split, an id ``c00000, c00001, ...`` for each class (numbered over train, val, test in
+    order; fixed width, so sorting the ids keeps the label order). Official keys cannot hold the
+    original names, which may contain ``-`` or ``_``."""
+    total = sum(s.n_classes for s in bank.splits.values())
+    width = max(5, len(str(total - 1)))
+    ids, next_id = {}, 0
+    for name in SPLIT_NAMES:
+        if name in bank.splits:
+            n = bank.splits[name].n_classes
+            ids[name] = [f"c{i:0{width}d}" for i in range(next_id, next_id + n)]
+            next_id += n
+    return ids
+
+
+def export_leo_pickles(
+    bank: FeatureBank, out_dir: str | os.PathLike, dataset: str | None = None, crop: str = "center"
+) -> Path:
+    """Write ``<out_dir>/<dataset>/<crop>/{train,val,test}_embeddings.pkl`` in the official layout
+    (keys ``x-<class id>-<class id>_<index>.JPEG``) and ``classes.json`` beside them (class id ->
+    original name per split, and the bank's name). ``dataset`` defaults to the part of the bank's
+    name before ``/`` (``"glyphs/convnet4"`` -> ``"glyphs"``). Returns the folder of the pickles.
+    """
+    dataset = dataset or bank.name.split("/")[0]
+    if not dataset or any(c in dataset for c in "/\\") or dataset in (".", ".."):
+        raise UserError(f"dataset folder name {dataset!r} is not a plain name; pass dataset=...")
+    folder = Path(out_dir) / dataset / crop
+    ids = class_ids(bank)
+    index: dict[str, Any] = {"source": bank.name, "dim": bank.dim, "splits": {}}
+    for name, split in bank.splits.items():
+        counters = np.zeros(split.n_classes, dtype=np.int64)
+        keys = []
+        for label in split.labels:
+            keys.append(make_leo_key(ids[name][label], int(counters[label])))
+            counters[label] += 1
+        write_leo_pickle(folder / f"{name}_embeddings.pkl", split.embeddings, keys, split.labels)
+        index["splits"][name] = dict(zip(ids[name], split.class_names, strict=True))
+    atomic_write_json(folder / CLASS_INDEX, index)
+    return folder
+
+
+def read_exported_pickles(folder: str | os.PathLike) -> FeatureBank:
+    """Read back a folder written by :func:`export_leo_pickles` (each file through the official
+    reader, :func:`~leo_tutorial.data.read_leo_split`), restoring the original class names."""
+    folder = Path(folder)
+    try:
+        index = json.loads((folder / CLASS_INDEX).read_text(encoding="utf-8"))
+        names_of = index["splits"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(
+            f"cannot read {folder / CLASS_INDEX} ({type(err).__name__}); export the "
+            "features again with export_leo_pickles"
+        ) from None
+    splits = {}
+    for name in names_of:
+        split = read_leo_split(folder / f"{name}_embeddings.pkl")
+        try:
+            class_names = [names_of[name][cid] for cid in split.class_names]
+        except KeyError as err:
+            raise UserError(
+                f"{folder / CLASS_INDEX} does not list class {err}; export the "
+                "features again with export_leo_pickles"
+            ) from None
+        splits[name] = FeatureSplit(split.embeddings, split.labels, class_names, split.image_names)
+    return FeatureBank(splits, name=str(index.get("source", folder.parent.name)))

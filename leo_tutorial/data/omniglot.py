@@ -41,8 +41,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from leo_tutorial.data.images import ImageDataset, ImageSplit
-from leo_tutorial.errors import UserError
+from ..errors import UserError
+from .images import ImageDataset, ImageSplit
 
 BACKGROUND = "images_background"
 EVALUATION = "images_evaluation"

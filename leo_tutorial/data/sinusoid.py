@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from leo_tutorial.errors import UserError
+from ..errors import UserError
 
 Seed = int | Sequence[int]
 

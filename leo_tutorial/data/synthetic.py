@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from leo_tutorial.data.bank import FeatureBank, FeatureSplit
-from leo_tutorial.errors import UserError
+from ..errors import UserError
+from .bank import FeatureBank, FeatureSplit
 
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
