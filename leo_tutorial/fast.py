@@ -1,4 +1,4 @@
-"""The fused meta-step: ``LEO.forward`` with the numbers of ``model.py``, several times faster.
+"""The fused meta-step: ``LEO.forward`` with the numbers of ``model.py``, about twice as fast.
 
 ``model.py`` is the reference: it reads like the paper and differentiates its inner loops with
 ``torch.autograd.grad``. This module computes the same loss, outputs and meta-gradient (tested
@@ -9,7 +9,7 @@ to 1e-10 in float64, same seeded noise and dropout) with:
    onehot, pushed back through the classifier, the sampling step and the linear decoder), and
    in its backward the second-order terms as Hessian-vector products in logit space,
    H v = p * v - p (p . v). The relation network is a second Function that keeps only its two
-   [B, M, M, 2Z] activations (M = N K). Autograd sees a handful of nodes instead of ~1 000.
+   [B, M, M, 2Z] activations (M = N K). Autograd sees a handful of nodes instead of hundreds.
 2. **Fused weight samples.** Logits only use the class mean of the K weight samples, so the
    mean half of the decoder runs on the class mean of z (K times fewer rows), and only the
    std half, where the noise differs per slot, runs per slot. Without sampling (evaluation,
