@@ -68,7 +68,7 @@ def main() -> int:
                 steps=args.steps,
                 **{k: v for k, v in COMPARE_DEFAULTS.items() if k != "steps"},
             )
-            name = SOURCES[data].preset(spec, 5, shot)
+            name = SOURCES[data].preset(spec, 5, shot, args.steps)
             start = time.perf_counter()
             rows = run_comparison(
                 bank,

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from . import losses
+from .config import Range
 from .errors import UserError
 
 
@@ -79,6 +80,9 @@ class BaselineConfig:
 
 PROBE_CS = (0.1, 1.0, 10.0, 100.0)  # candidate C of the logistic-regression probe
 INNER_LRS = (0.01, 0.1, 1.0, 10.0)  # candidate alpha of MAML / initial alpha of Meta-SGD
+# Search ranges of `compare --tune-trials` (BaselineConfig fields; see leo_tutorial.tune).
+OUTER_LR_RANGE = Range(1e-4, 1e-2)
+INNER_LR_RANGE = Range(min(INNER_LRS), max(INNER_LRS))
 
 
 @dataclass
@@ -105,6 +109,9 @@ class Baseline(nn.Module):
     meta_learned: ClassVar[bool] = False  # whether it is meta-trained (by training.meta_train)
     # BaselineConfig fields chosen on S^val before meta-training, with their candidates
     selected_on_val: ClassVar[dict[str, tuple[float, ...]]] = {}
+    # BaselineConfig fields searched by `compare --tune-trials` (meta-learned baselines only);
+    # a field searched there is not also chosen from ``selected_on_val``
+    search_space: ClassVar[dict[str, Range]] = {}
 
     def __init__(
         self,
@@ -163,6 +170,7 @@ class ProtoNet(Baseline):
     Glorot-uniform), trained on the query cross-entropy of -squared distances."""
 
     meta_learned: ClassVar[bool] = True
+    search_space: ClassVar[dict[str, Range]] = {"outer_lr": OUTER_LR_RANGE}
 
     def __init__(
         self,
@@ -206,6 +214,10 @@ class MAML(Baseline):
 
     meta_learned: ClassVar[bool] = True
     selected_on_val: ClassVar[dict[str, tuple[float, ...]]] = {"inner_lr_init": INNER_LRS}
+    search_space: ClassVar[dict[str, Range]] = {
+        "outer_lr": OUTER_LR_RANGE,
+        "inner_lr_init": INNER_LR_RANGE,
+    }
 
     def __init__(
         self,

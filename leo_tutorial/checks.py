@@ -6,17 +6,22 @@ In a notebook, the learner writes a small function and passes it to its check::
 
 The check runs the function on a few small cases, compares it with the library's reference and
 prints one line: ``✓ ... passed``, a specific hint for a typical mistake (``✗ ...``), or, while
-the function still raises ``NotImplementedError``, that the notebook goes on with the reference.
-It returns the function the notebook continues with: the learner's once it passes, the reference
-otherwise — so an untouched exercise notebook runs to the end. Checks never change the caller's
-random state or models.
+the function still raises ``NotImplementedError``, the first hint and that the notebook goes on
+with the reference. It returns the function the notebook continues with: the learner's once it
+passes, the reference otherwise, so an untouched exercise notebook runs to the end. Passing the
+reference itself back (re-running only the check cell after a failed check) is recognised and
+answered with "re-run the cell that defines it". Checks never change the caller's random state
+or models.
 
-:func:`diagnose` gives the verdict as a value (``None`` = passed, else the hint) for tests.
+Hints come in tiers, from the idea to the solution: ``checks.hint("latent_step")`` is the first
+(the exercise stub raises it), ``checks.hint("latent_step", 2)`` says more, the last tier is the
+code. :func:`diagnose` gives the verdict as a value (``None`` = passed, else the hint) for tests.
 """
 
 from __future__ import annotations
 
 import math
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,7 +33,7 @@ from . import losses
 from .config import LEOConfig
 from .data.episodes import TaskBatch
 from .errors import UserError
-from .model import LEO, STD_FLOOR, floored_std
+from .model import LEO, STD_FLOOR
 
 # ------------------------------------------------------------------------------ machinery
 Mistakes = list[tuple[str, Tensor]]  # (hint, what that wrong answer returns)
@@ -37,17 +42,46 @@ Mistakes = list[tuple[str, Tensor]]  # (hint, what that wrong answer returns)
 @dataclass(frozen=True)
 class Exercise:
     """One exercise: the function the learner writes (``name``), where, what it computes, the
-    library's reference (same signature) and ``diagnose(fn) -> None | hint``."""
+    library's reference (same signature), ``diagnose(fn) -> None | hint`` and the tiered hints
+    (idea first, code last)."""
 
     name: str
     notebook: str
     title: str
     reference: Callable
     diagnose: Callable[[Callable], str | None]
+    hints: tuple[str, ...]
 
 
 EXERCISES: dict[str, Exercise] = {}
 _DTYPE = torch.float64  # checks run in float64: wrong answers differ by far more than rounding
+# Words in the message of an exception raised by a shape mismatch (RuntimeError, IndexError).
+_SIZE_WORDS = ("size", "shape", "dimension", "out of bounds", "mat1 and mat2", "broadcast")
+
+
+class Hint(str):
+    """A hint's text; shown without quotes when it is the value of a notebook cell."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def hint(name: str, level: int = 1) -> Hint:
+    """Hint number ``level`` (1 = the idea; the last = the solution) for exercise ``name``.
+
+    Example: ``checks.hint("latent_step", 2)`` in a notebook cell shows the second hint.
+    """
+    if name not in EXERCISES:
+        raise UserError(f"no exercise {name!r}; the exercises are: {', '.join(EXERCISES)}")
+    hints = EXERCISES[name].hints
+    if not 1 <= level <= len(hints):
+        raise UserError(f"{name} has hints 1 to {len(hints)}; ask for one of those")
+    more = (
+        f" (more: checks.hint({name!r}, {level + 1}))"
+        if level < len(hints)
+        else " (this is the solution)"
+    )
+    return Hint(f"hint {level}/{len(hints)} for {name}: {hints[level - 1]}{more}")
 
 
 def _close(a: Tensor, b: Tensor) -> bool:
@@ -69,9 +103,9 @@ def _compare(
     got = got.detach()
     if _close(got, expected):
         return None
-    for hint, wrong in mistakes:
+    for hint_text, wrong in mistakes:
         if _close(got, wrong.detach()):
-            return hint
+            return hint_text
     if got.shape != expected.shape:
         return (
             f"wrong shape of {what}: {tuple(got.shape)}, expected {tuple(expected.shape)} "
@@ -86,6 +120,26 @@ def _compare(
 
 def _randn(*shape: int, generator: torch.Generator, scale: float = 1.0) -> Tensor:
     return torch.randn(shape, generator=generator, dtype=_DTYPE) * scale
+
+
+def _raised(error: Exception, fn: Callable) -> str:
+    """What to tell a learner whose function raised ``error``: the error, the line of their
+    function it came from, and, for a shape mismatch only, that the check uses other sizes."""
+    where = ""
+    code = getattr(fn, "__code__", None)
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if code is not None]
+    mine = [f for f in frames if f.filename == code.co_filename and f.name == code.co_name]
+    if mine and mine[-1].line:
+        where = f" at `{mine[-1].line.strip()}`"
+    message = f"your function raised {type(error).__name__}: {error}{where}"
+    if isinstance(error, RuntimeError | IndexError | ValueError) and any(
+        word in str(error).lower() for word in _SIZE_WORDS
+    ):
+        message += (
+            " (the check uses other sizes than the notebook: take them from the arguments, "
+            "not from the notebook's globals)"
+        )
+    return message
 
 
 def diagnose(name: str, fn: Callable) -> str | None:
@@ -104,33 +158,49 @@ def check(name: str, fn: Callable) -> Callable:
     """Run exercise ``name``'s check on ``fn``, print the verdict and return the function to
     continue with (``fn`` when it passes, else the library's reference)."""
     exercise = EXERCISES[name]
+    if fn is exercise.reference:
+        print(
+            f"✗ {name} is the library's reference, put in its place by an earlier failed check "
+            f"(`{name} = checks.check_{name}(...)`): re-run the cell that defines your {name}, "
+            "then this one"
+        )
+        return exercise.reference
     try:
         problem = diagnose(name, fn)
     except NotImplementedError:
-        print(f"… {name}: not implemented yet — the notebook uses the library's reference below.")
+        print(
+            f"… {name}: not implemented yet — the notebook uses the library's reference below.\n"
+            f"  {hint(name)}"
+        )
         return exercise.reference
     except Exception as error:  # noqa: BLE001 (the learner's code may raise anything)
-        problem = (
-            f"your function raised {type(error).__name__}: {error} (the check uses other "
-            "sizes than the notebook: take them from the arguments, not from globals)"
-        )
+        problem = _raised(error, fn)
     if problem is None:
         print(f"✓ {name} passed: {exercise.title}")
         return fn
-    print(f"✗ {name}: {problem}\n  (the cells below use the library's reference until it passes)")
+    print(
+        f"✗ {name}: {problem}\n  (the cells below use the library's reference until it passes; "
+        f"hints: checks.hint({name!r}), checks.hint({name!r}, 2), ...)"
+    )
     return exercise.reference
 
 
 def _exercise(
-    name: str, notebook: str, title: str, reference: Callable
+    name: str, notebook: str, title: str, reference: Callable, *, hints: tuple[str, ...]
 ) -> Callable[[Callable], Callable]:
     """Register the decorated function as the ``diagnose`` of exercise ``name``."""
 
     def register(diagnose_fn: Callable[[Callable], str | None]) -> Callable:
-        EXERCISES[name] = Exercise(name, notebook, title, reference, diagnose_fn)
+        EXERCISES[name] = Exercise(name, notebook, title, reference, diagnose_fn, hints)
         return diagnose_fn
 
     return register
+
+
+def _logits(x: Tensor, W: Tensor) -> Tensor:
+    """logits[b, i, j, l] = <x_{b,i,j}, mean_k W_{b,l,k}>: [B, N, V, D], [B, N, K, D] ->
+    [B, N, V, N] (``LEO.predict`` without dropout)."""
+    return torch.einsum("bijd,bld->bijl", x, W.mean(dim=2))
 
 
 # ------------------------------------------------------------------- 01: MAML inner step
@@ -145,7 +215,7 @@ def maml_inner_step_reference(
     """
     x, y = batch.support_x, batch.support_y
     theta_b = theta.expand(x.shape[0], *theta.shape)
-    logits = LEO._logits(x, theta_b.unsqueeze(2))  # [B, N, K, N]
+    logits = _logits(x, theta_b.unsqueeze(2))  # [B, N, K, N]
     grad = torch.einsum("bnkl,bnkd->bld", losses.cross_entropy_grad(logits, y), x)
     grad = grad / (x.shape[1] * x.shape[2])
     return theta_b - alpha * (grad if create_graph else grad.detach())
@@ -168,6 +238,17 @@ def _maml_case(
     "01_problem_setup",
     "theta' = theta - alpha grad (eq. 1) for every task, differentiable for the meta-gradient",
     maml_inner_step_reference,
+    hints=(
+        "eq. 1 for every task at once: one copy of theta per task, one gradient step on that "
+        "task's support loss, kept differentiable for the meta-gradient.",
+        "expand theta to theta_b [B, N, D] (one copy per task); sum task_loss over the "
+        "support sets; torch.autograd.grad of that sum with respect to theta_b, passing "
+        "create_graph=create_graph; return theta_b - alpha * grad.",
+        "theta_b = theta.expand(batch.batch_size, *theta.shape); support_loss = "
+        "task_loss(batch.support_x, batch.support_y, theta_b).sum(); (grad,) = "
+        "torch.autograd.grad(support_loss, theta_b, create_graph=create_graph); return "
+        "theta_b - alpha * grad",
+    ),
 )
 def _diagnose_maml_inner_step(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(1)
@@ -231,7 +312,7 @@ def check_maml_inner_step(fn: Callable) -> Callable:
 # ------------------------------------------------------------------ 02: eq. 3 and sampling
 def official_std_reference(u: Tensor, offset: float) -> Tensor:
     """std = max(exp(u) - (1 - offset), 1e-10), elementwise (LEO_SPEC §2.3)."""
-    return floored_std(u, offset)[0]
+    return torch.clamp(torch.exp(u) - (1.0 - offset), min=STD_FLOOR)
 
 
 def _std_mistakes(u: Tensor, offset: float) -> Mistakes:
@@ -270,6 +351,12 @@ def _std_mistakes(u: Tensor, offset: float) -> Mistakes:
     "02_encoder_relation_net",
     "std = max(exp(u) - (1 - offset), 1e-10)",
     official_std_reference,
+    hints=(
+        "not softplus: LEO's std is exp(u) shifted down by 1 - offset, and never below 1e-10.",
+        "std = max(exp(u) - (1 - offset), 1e-10), elementwise (torch.exp, then torch.clamp "
+        "with min=1e-10).",
+        "return torch.clamp(torch.exp(u) - (1 - offset), min=1e-10)",
+    ),
 )
 def _diagnose_official_std(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(2)
@@ -305,6 +392,12 @@ def sample_z_reference(codes: Tensor, eps: Tensor) -> Tensor:
     "02_encoder_relation_net",
     "z = mu + sigma * eps with sigma = official_std(u, 0) (reparameterised)",
     sample_z_reference,
+    hints=(
+        "the reparameterisation trick: z is the mean plus the std times the noise you are given.",
+        "split codes into its halves (mu, u) along the last axis; sigma = official_std(u, "
+        "0.0); z = mu + sigma * eps.",
+        "mu, u = codes.chunk(2, dim=-1); return mu + official_std(u, 0.0) * eps",
+    ),
 )
 def _diagnose_sample_z(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(3)
@@ -390,6 +483,15 @@ def _pair_mean(h: Tensor, g_r: Callable, keep: Tensor, swap: bool = False) -> Te
     "02_encoder_relation_net",
     "per-class codes = mean of g_r([h_i; h_j]) over all N K^2 pairs of a class (eq. 3)",
     eq3_codes_reference,
+    hints=(
+        "eq. 3: the code of class n averages g_r over pairs (an example of class n, any "
+        "example of the task), self-pairs included.",
+        "for every class n, add g_r(torch.cat([h[n, kn], h[m, km]])) over its K shots kn and "
+        "over all N K partners (m, km), then divide by N K^2; the result is [N, 2Z].",
+        "codes = torch.zeros(N, 2 * Z, dtype=h.dtype); four nested loops over n, kn, m, km: "
+        "codes[n] += g_r(torch.cat([h[n, kn], h[m, km]])); return codes / (N * K**2), with N,"
+        " K, Z = h.shape",
+    ),
 )
 def _diagnose_eq3_codes(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(4)
@@ -463,6 +565,14 @@ def decode_weights_reference(
     "03_decoder",
     "(mean, std) of p(w | z): params = z W_d^T, std with the decoder's offset (eq. 4)",
     decode_weights_reference,
+    hints=(
+        "eq. 4: one linear map gives a mean and an unnormalised std u for every weight; the "
+        "std is notebook 02's, with the decoder's offset.",
+        "params = z @ decoder_weight.T is [B, N, K, 2D]; its first half (last axis) is the "
+        "mean, the second u; std = max(exp(u) - (1 - offset), 1e-10); return (mean, std).",
+        "mean_w, u_w = (z @ decoder_weight.T).chunk(2, dim=-1); return mean_w, "
+        "torch.clamp(torch.exp(u_w) - (1 - offset), min=1e-10)",
+    ),
 )
 def _diagnose_decode_weights(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(5)
@@ -515,7 +625,7 @@ def check_decode_weights(fn: Callable) -> Callable:
 def predict_reference(x: Tensor, W: Tensor) -> Tensor:
     """logits[b, i, j, l] = <x_{b,i,j}, mean_k W_{b,l,k}>: x [B, N, V, D], W [B, N, K, D] ->
     [B, N, V, N] (``LEO.predict`` without dropout)."""
-    return LEO._logits(x, W)
+    return _logits(x, W)
 
 
 @_exercise(
@@ -523,6 +633,13 @@ def predict_reference(x: Tensor, W: Tensor) -> Tensor:
     "03_decoder",
     "logits = x . mean_K(W): no bias, no normalisation",
     predict_reference,
+    hints=(
+        "a bias-free linear classifier: the score of class l is the inner product of x with "
+        "class l's weight, the mean of its K slots.",
+        "average W over its K slots (dim 2) to [B, N, D]; take the inner product of every x "
+        "[B, N, V, D] with every class weight: logits [B, N, V, N].",
+        "return x @ W.mean(dim=2).transpose(1, 2).unsqueeze(1)",
+    ),
 )
 def _diagnose_predict(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(6)
@@ -559,19 +676,51 @@ def check_predict(fn: Callable) -> Callable:
 
 # --------------------------------------------------------------------- 04: the inner loop
 def latent_step_reference(model: LEO, z: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    """One step of eq. 5, z' = z - alpha * grad_z sum L^tr: the first step of
-    ``model.leo_inner_loop`` (z, z' [B, N, K, Z]; no graph)."""
+    """One latent step, z' = z - alpha * grad_z L^tr with L^tr the summed support cross-entropy
+    (eq. 5; the step itself is unnumbered in the paper): the first step of
+    ``model.leo_inner_loop`` (z, z' [B, N, K, Z]). Differentiable to second order when ``z``
+    requires grad: z' carries the graph back to z, alpha and the decoder."""
     if model.config.inner_unroll_length < 1:
         raise UserError("latent_step_reference needs inner_unroll_length >= 1")
-    with torch.no_grad():
-        return model.leo_inner_loop(x, y, z.detach()).z_trajectory[1]
+    return model.leo_inner_loop(x, y, z).z_trajectory[1]
+
+
+def _latent_step_autograd(
+    model: LEO, z: Tensor, x: Tensor, y: Tensor, create_graph: bool = True
+) -> Tensor:
+    """The step with ``torch.autograd.grad``; ``create_graph=False`` is the first-order
+    mistake (the gradient becomes a constant)."""
+    W, _ = model.possibly_sample(model.decoder(z), model.decoder_stddev_offset)
+    support_loss = model.loss_fn(model.predict(x, W), y).sum()
+    (grad_z,) = torch.autograd.grad(support_loss, z, create_graph=create_graph)
+    return z - model.inner_lr * grad_z
+
+
+def _meta_gradients(out: Tensor, probe: Tensor, wrt: list[Tensor]) -> list[Tensor]:
+    """Gradients of sum(probe * out) with respect to ``wrt`` (zeros where none flows)."""
+    grads = torch.autograd.grad((probe * out).sum(), wrt, allow_unused=True, retain_graph=True)
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt, strict=True)]
 
 
 @_exercise(
     "latent_step",
     "04_inner_loop",
-    "z' = z - alpha * grad_z (sum of the support cross-entropies) (eq. 5)",
+    "z' = z - alpha * grad_z L^tr, L^tr the summed support cross-entropy (eq. 5), "
+    "differentiable to second order",
     latent_step_reference,
+    hints=(
+        "decode weights from z, score the support set, and move z down the gradient of the "
+        "summed loss (eq. 5); keep the graph, because meta-training differentiates through "
+        "the step.",
+        "W from model.possibly_sample(model.decoder(z), model.decoder_stddev_offset); "
+        "support_loss = model.loss_fn(model.predict(x, W), y).sum(); its gradient with "
+        "respect to z by torch.autograd.grad with create_graph=True; return z - "
+        "model.inner_lr * grad (no .detach() anywhere).",
+        "W, _ = model.possibly_sample(model.decoder(z), model.decoder_stddev_offset); "
+        "support_loss = model.loss_fn(model.predict(x, W), y).sum(); (grad_z,) = "
+        "torch.autograd.grad(support_loss, z, create_graph=True); return z - model.inner_lr "
+        "* grad_z",
+    ),
 )
 def _diagnose_latent_step(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(7)
@@ -582,44 +731,78 @@ def _diagnose_latent_step(fn: Callable) -> str | None:
         model.g_d.weight.mul_(3.0)  # larger gradients than at initialisation
     x = F.normalize(_randn(b, n, k, d, generator=generator), dim=-1)
     y = torch.arange(n)[None, :, None].expand(b, n, k)
-    with torch.no_grad():
-        z_encoder = model.forward_encoder(x)[0]
-    for z in (z_encoder, _randn(b, n, k, z_dim, generator=generator)):
+    source = _randn(b, n, k, z_dim, generator=generator).requires_grad_()
+    z_encoder = model.forward_encoder(x)[0]  # a code inside the encoder's graph
+    params = [model.inner_lr, model.g_d.weight, model.g_e.weight]
+    names = ["alpha (model.inner_lr)", "the decoder g_d", "the encoder g_e"]
+    for z in (z_encoder, 0.5 * source + 0.1):
         ref = latent_step_reference(model, z, x, y)
-        step = z - ref  # alpha * grad
-        alpha = model.inner_lr.detach()
+        step = (z - ref).detach()  # alpha * grad
+        z_value, alpha = z.detach(), model.inner_lr.detach()
         mistakes = [
-            ("step *down* the gradient: z' = z - alpha * grad (you added it)", z + step),
+            ("step *down* the gradient: z' = z - alpha * grad (you added it)", z_value + step),
             (
                 "the inner loss is the *sum* of the N K support cross-entropies, not their mean "
-                "(notebook 03)",
-                z - step / (n * k),
+                "(eq. 5, notebook 03)",
+                z_value - step / (n * k),
             ),
             (
                 "the inner loss is the *sum* of the support cross-entropies, not their mean",
-                z - step / (b * n * k),
+                z_value - step / (b * n * k),
             ),
             (
                 "multiply the gradient by the learned rates model.inner_lr (alpha, one per latent "
                 "dimension)",
-                z - step / alpha,
+                z_value - step / alpha,
             ),
             (
                 "alpha has one rate per latent dimension: multiply by model.inner_lr itself, not "
                 "by its mean",
-                z - step / alpha * alpha.mean(),
+                z_value - step / alpha * alpha.mean(),
             ),
             ("return the new code z', not the gradient", step / alpha),
             ("return z' = z - alpha * grad, not only the step", -step),
         ]
-        problem = _compare(fn(model, z.clone(), x, y), ref, mistakes, "z'")
+        out = fn(model, z, x, y)
+        problem = _compare(out, ref.detach(), mistakes, "z'")
         if problem:
             return problem
+        if out.grad_fn is None:
+            return (
+                "z' must stay in the autograd graph (no .detach(), no torch.no_grad()): "
+                "meta-training differentiates the query loss through this step"
+            )
+        probe = _randn(*ref.shape, generator=generator)
+        wrt = [source if z is not z_encoder else model.g_e.weight, *params[:2]]
+        what = ["z" if z is not z_encoder else names[2], *names[:2]]
+        mine = _meta_gradients(out, probe, wrt)
+        expected = _meta_gradients(ref, probe, wrt)
+        first = _meta_gradients(_latent_step_autograd(model, z, x, y, False), probe, wrt)
+        for name, g_mine, g_ref in zip(what, mine, expected, strict=True):
+            if _close(g_mine, g_ref):
+                continue
+            if name in ("z", names[2]) and not bool(g_mine.abs().sum() > 0):
+                return (
+                    "z' must depend on the z you are given: do not detach z (no "
+                    "z.detach().requires_grad_()); differentiate with respect to z itself, so "
+                    f"that the meta-gradient reaches {'z' if name == 'z' else name}"
+                )
+            if all(_close(a, c) for a, c in zip(mine, first, strict=True)):
+                return (
+                    "pass create_graph=True to torch.autograd.grad: without it grad_z is a "
+                    "constant and the meta-gradient misses the second-order terms (through "
+                    "the decoder and z itself)"
+                )
+            return (
+                f"z' has the right value, but its gradient with respect to {name} is not the "
+                "library's: compute grad_z with torch.autograd.grad(..., create_graph=True) "
+                "from the z you are given"
+            )
     return None
 
 
 def check_latent_step(fn: Callable) -> Callable:
-    """Notebook 04: ``latent_step(model, z, x, y) -> z'`` (one step of eq. 5)."""
+    """Notebook 04: ``latent_step(model, z, x, y) -> z'`` (one latent step, differentiable)."""
     return check("latent_step", fn)
 
 
@@ -635,6 +818,14 @@ def kl_one_sample_reference(s: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     "05_meta_objective",
     "mean over a task's elements of log N(s; mu, sigma^2) - log N(s; 0, 1)",
     kl_one_sample_reference,
+    hints=(
+        "the official KL is not the closed form: evaluate log q(s) - log p(s) at the sample s"
+        " you are given, and average.",
+        "log q(s) = log_normal(s, mean, std) and log p(s) = log N(s; 0, 1); average their "
+        "difference over every axis but the task axis, giving [B].",
+        "log_prior = -0.5 * s**2 - 0.5 * math.log(2 * math.pi); return (log_normal(s, mean, "
+        "std) - log_prior).flatten(1).mean(dim=1)",
+    ),
 )
 def _diagnose_kl_one_sample(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(8)
@@ -706,6 +897,13 @@ def encoder_penalty_reference(z: Tensor, z_prime: Tensor) -> Tensor:
     "05_meta_objective",
     "mean((z - stopgrad(z'))^2) per task; the gradient reaches z only",
     encoder_penalty_reference,
+    hints=(
+        "the penalty pulls the encoder's code z towards the adapted z', and z' is a fixed "
+        "target (a stop-gradient).",
+        "square z - z_prime.detach() elementwise and average over every axis but the task "
+        "axis, giving [B].",
+        "return ((z - z_prime.detach()) ** 2).flatten(1).mean(dim=1)",
+    ),
 )
 def _diagnose_encoder_penalty(fn: Callable) -> str | None:
     generator = torch.Generator().manual_seed(9)

@@ -5,6 +5,8 @@
     leo-tutorial info runs/demo
     leo-tutorial prepare glyphs --out embeddings
     leo-tutorial compare --data synthetic --way 5 --shot 1 --out runs/compare
+    leo-tutorial tune --data glyphs --shot 1 --trials 30 --out runs/tune
+    leo-tutorial train --data glyphs --shot 1 --params runs/tune/best_params.json --out runs/best
 
 A mistake the user can fix ends the command with one line on stderr and exit status 2, before
 any expensive work where the mistake can be seen from the arguments; messages name the flags.
@@ -149,16 +151,9 @@ def _add_schedule(
     task.add_argument("--seed", type=_count(0), default=d.seed)
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="meta-train LEO, select on meta-val, report meta-test",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    _add_data(p)
-    task = p.add_argument_group("tasks and schedule")
+def _add_batch(task: argparse._ArgumentGroup) -> None:
+    """Meta-training task flags of ``train`` and ``tune``."""
     d = TrainConfig()
-    _add_schedule(task, d.steps, d.val_every, d.val_tasks, d.test_tasks, "meta-training steps")
     task.add_argument(
         "--queries",
         type=_count(1),
@@ -169,14 +164,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--batch-size", type=_count(1), default=d.batch_size, help="tasks per meta-step"
     )
     task.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
-    model = p.add_argument_group("model (defaults: the preset's values)")
-    model.add_argument(
-        "--preset",
-        choices=("auto", *PRESETS),
-        default="auto",
-        help="official defaults, the paper's tuned settings, or ours for "
-        "synthetic data; auto = the preset the data source picks for --way/--shot",
-    )
+
+
+def _add_preset(parser: argparse.ArgumentParser | argparse._ArgumentGroup, help: str) -> None:
+    # default None = auto, so that --params can tell whether --preset was given
+    parser.add_argument("--preset", choices=("auto", *PRESETS), default=None, help=help)
+
+
+_PRESET_HELP = (
+    "official defaults, the paper's tuned settings (for the official files on the official "
+    "100 000-step schedule), or ours for CPU budgets; auto (default) = the preset the data "
+    "source picks for --way/--shot/--steps"
+)
+
+
+def _add_model(parser: argparse.ArgumentParser, title: str) -> None:
+    """--preset and one flag per LEOConfig field (not given: the preset's value)."""
+    model = parser.add_argument_group(title)
+    _add_preset(model, _PRESET_HELP)
     for f in dataclasses.fields(LEOConfig):
         # default=SUPPRESS: a flag not given leaves the preset's value (and --help says so).
         kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _LEO_HELP[f.name]}
@@ -187,11 +192,97 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         else:
             kind = _count(0) if f.type in ("int", int) else _number
             model.add_argument(flag_name(f.name), type=kind, **kw)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="meta-train LEO, select on meta-val, report meta-test",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_data(p)
+    task = p.add_argument_group("tasks and schedule")
+    d = TrainConfig()
+    _add_schedule(task, d.steps, d.val_every, d.val_tasks, d.test_tasks, "meta-training steps")
+    _add_batch(task)
+    _add_model(p, "model (defaults: the preset's values)")
+    p.add_argument(
+        "--params",
+        type=Path,
+        metavar="FILE",
+        help="the LEO setting a study found (best_params.json of `leo-tutorial tune`) instead "
+        "of a preset; model flags still override it",
+    )
     run = p.add_argument_group("run")
     _add_device(run)
     _add_threads(run)
     run.add_argument("--out", type=Path, required=True, help="run directory")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+# tune's schedule per trial: a search is --trials runs of this, so shorter than train's.
+TUNE_DEFAULTS: dict[str, Any] = dict(steps=500, val_every=100, val_tasks=200, test_tasks=2000)
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    from .tune import SAMPLERS
+
+    p = sub.add_parser(
+        "tune",
+        help="search LEO's hyper-parameters on meta-val (Optuna), then train the best setting "
+        "and test it once",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_data(p)
+    task = p.add_argument_group("tasks and schedule of every trial")
+    _add_schedule(task, **TUNE_DEFAULTS, steps_help="meta-training steps of every trial")
+    _add_batch(task)
+    search = p.add_argument_group("search")
+    search.add_argument(
+        "--trials",
+        type=_count(1),
+        default=30,
+        help="finished (complete or pruned) trials the study should hold, counting those of "
+        "earlier runs and of other workers",
+    )
+    search.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="tpe",
+        help="tpe: Optuna's tree-structured Parzen estimator; random: the paper's random search",
+    )
+    search.add_argument(
+        "--storage",
+        metavar="URL",
+        default=None,
+        help="database URL of the study, shared by every worker (default: sqlite:///OUT/study.db)",
+    )
+    search.add_argument(
+        "--study-name", metavar="NAME", default=None, help="default: leo-DATA-Nway-Kshot"
+    )
+    search.add_argument(
+        "--search-rates",
+        action="store_true",
+        help="also search the initial inner and fine-tuning rates",
+    )
+    search.add_argument(
+        "--search-only",
+        action="store_true",
+        help="only run trials (an extra worker on a shared --storage): no final training",
+    )
+    _add_model(p, "model (searched fields: a flag given here fixes the field; others: preset)")
+    run = p.add_argument_group("run")
+    _add_device(run)
+    _add_threads(run)
+    run.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder of the study: study.db, best_params.json, study.json, importance.png and "
+        "the best trial trained again (trial_NNNN/)",
+    )
+    run.add_argument("--json", action="store_true", help="print one JSON object")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -218,11 +309,17 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"comma-separated subset of: {', '.join(METHODS)} (default: all)",
     )
+    _add_preset(p, "LEO's hyper-parameters (default auto: as for train)")
     p.add_argument(
-        "--preset",
-        choices=("auto", *PRESETS),
-        default="auto",
-        help="LEO's hyper-parameters (auto: as for train)",
+        "--tune-trials",
+        type=_count(0),
+        default=0,
+        metavar="T",
+        help="search every meta-learned method's hyper-parameters with T trials on meta-val "
+        "before the test (the same budget for each); 0: untuned",
+    )
+    p.add_argument(
+        "--sampler", choices=("tpe", "random"), default="tpe", help="the search's sampler"
     )
     _add_device(p)
     _add_threads(p)
@@ -236,11 +333,38 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------- shared checks
+def _auto_preset(args: argparse.Namespace, spec: dict[str, Any]) -> str | None:
+    """The preset ``--preset auto`` (or no --preset and no --params) stands for, else None."""
+    if args.preset not in (None, "auto") or getattr(args, "params", None) is not None:
+        return None
+    return SOURCES[args.data].preset(spec, args.way, args.shot, args.steps)
+
+
+def _auto_note(
+    args: argparse.Namespace, spec: dict[str, Any], bank: Any, tc: TrainConfig, test: bool = True
+) -> str | None:
+    """What ``--preset auto`` picked, to show once the data has loaded; an impossible task
+    shape fails first, so that its error stays the only line."""
+    from .training import check_task_shape
+
+    check_task_shape(bank, tc, ("train", "val", "test") if test else ("train", "val"))
+    name = _auto_preset(args, spec)
+    if name is None:
+        return None
+    return f"--preset auto: {name!r} for {args.way}-way {args.shot}-shot, {args.steps} steps"
+
+
 def _configs(args: argparse.Namespace, spec: dict[str, Any]) -> tuple[LEOConfig, TrainConfig]:
-    """The model and training configs the flags ask for, errors in flag terms."""
-    name = args.preset
-    if name == "auto":
-        name = SOURCES[args.data].preset(spec, args.way, args.shot)
+    """The model and training configs the flags ask for, errors in flag terms. The model's
+    base is ``--params FILE`` or the preset (``auto``: the data source's choice); model flags
+    override it."""
+    params = getattr(args, "params", None)
+    if params is not None and args.preset is not None:
+        raise UserError(
+            "--params and --preset both set LEO's hyper-parameters; give one of them "
+            "(model flags still override either)"
+        )
+    name = _auto_preset(args, spec) or args.preset
     overrides = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(LEOConfig)
@@ -260,6 +384,10 @@ def _configs(args: argparse.Namespace, spec: dict[str, Any]) -> tuple[LEOConfig,
         if hasattr(args, name_):
             schedule[field] = getattr(args, name_)
     try:
+        if params is not None:
+            from .tune import read_params
+
+            return read_params(params).replace(**overrides), TrainConfig(**schedule)
         return preset(name, **overrides), TrainConfig(**schedule)
     except UserError as e:
         raise UserError(_in_flag_terms(str(e))) from None
@@ -285,6 +413,13 @@ def _train(args: argparse.Namespace) -> int:
     leo_config, train_config = _configs(args, spec)
 
     bank = load_bank(spec, log=_log, progress=not args.no_progress)
+    if note := _auto_note(args, spec, bank, train_config):
+        _log(note)
+    if args.params is not None:
+        from .tune import params_note
+
+        if note := params_note(args.params, spec, args.way, args.shot):
+            _log(note)
     result = train(
         leo_config,
         train_config,
@@ -343,6 +478,23 @@ def _compare(args: argparse.Namespace) -> int:
         lock.acquire()  # refuse a folder another comparison is writing, before hours of work
     try:
         bank = load_bank(spec, log=log, progress=not quiet)
+        if note := _auto_note(args, spec, bank, train_config):
+            log(note)
+        tuned = None
+        if args.tune_trials:
+            from .tune import tune_methods
+
+            tuned = tune_methods(
+                bank,
+                train_config,
+                leo_config,
+                methods,
+                args.tune_trials,
+                sampler=args.sampler,
+                device=device,
+                progress=not quiet,
+                log=log,
+            )
         rows = run_comparison(
             bank,
             train_config,
@@ -352,6 +504,7 @@ def _compare(args: argparse.Namespace) -> int:
             device=device,
             progress=not quiet,
             log=log,
+            tuned=tuned,
         )
         print(rows_to_json(rows) if args.json else format_table(rows))
         if args.out is not None:
@@ -362,6 +515,77 @@ def _compare(args: argparse.Namespace) -> int:
     finally:
         if lock is not None:
             lock.release()
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from .config import leo_search_space
+    from .io import strict_json
+    from .rundir import RunLock
+    from .runtime import resolve_device
+    from .sources import load_bank
+    from .tune import prepare_study, run_study
+
+    # every check the arguments allow, before any data is loaded
+    device = resolve_device(args.device)
+    _check_out(args.out)
+    spec = spec_from_flags(args)
+    leo_config, train_config = _configs(args, spec)
+    fixed = {f.name for f in dataclasses.fields(LEOConfig) if hasattr(args, f.name)}
+    space = {
+        name: r
+        for name, r in leo_search_space(leo_config, args.search_rates).items()
+        if name not in fixed
+    }
+    if not space:
+        raise UserError(
+            "nothing to search: a flag fixes every searched field; drop one of "
+            + ", ".join(flag_name(n) for n in sorted(fixed))
+        )
+    with RunLock(args.out):
+        study, url = prepare_study(
+            args.out,
+            spec,
+            train_config,
+            leo_config,
+            space,
+            sampler=args.sampler,
+            storage=args.storage,
+            study_name=args.study_name,
+        )
+        bank = load_bank(spec, log=_log, progress=not args.no_progress)
+        if note := _auto_note(args, spec, bank, train_config, test=not args.search_only):
+            _log(note)
+        result = run_study(
+            study,
+            url,
+            bank,
+            train_config,
+            leo_config,
+            args.out,
+            trials=args.trials,
+            data_spec=spec,
+            device=device,
+            final=not args.search_only,
+            progress=not args.no_progress,
+            log=_log,
+        )
+    if args.json:
+        print(json.dumps(strict_json(result.to_dict()), allow_nan=False))
+        return 0
+    print(
+        f"best of {result.trials} trials (study {result.study_name!r}): trial {result.best_trial}, "
+        f"meta-val accuracy {100 * result.best_val_accuracy:.2f}%"
+    )
+    for key, value in result.best_params.items():
+        print(f"  {flag_name(key)} {value:.4g}")
+    if result.run is not None and result.run.test is not None:
+        print(result.run.test)
+        print(f"best run saved in {result.run.run_dir}")
+    print(
+        f"saved {args.out / 'best_params.json'} (train --params uses it), study.json and "
+        "importance.png"
+    )
     return 0
 
 
@@ -551,6 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_threads(p)
     _add_compare(sub)
+    _add_tune(sub)
     p = sub.add_parser("info", help="a run's configuration and best validation accuracy")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -567,6 +792,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate": _evaluate,
         "prepare": _prepare,
         "compare": _compare,
+        "tune": _tune,
         "info": _info,
     }[args.command]
     if getattr(args, "threads", None):
@@ -579,9 +805,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"leo-tutorial {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        how = {
+            "train": "the same command plus --resume continues the run",
+            "tune": "the same command continues the study (finished trials are kept)",
+        }
         print(
-            f"leo-tutorial {args.command}: interrupted; a train run continues with the same "
-            "command plus --resume",
+            f"leo-tutorial {args.command}: interrupted; "
+            + how.get(args.command, "a train run continues with the same command plus --resume"),
             file=sys.stderr,
         )
         return 130

@@ -40,7 +40,7 @@ from torch import nn
 
 from .assets import ASSETS
 from .baselines import BASELINES, BaselineConfig
-from .config import LEOConfig, TrainConfig
+from .config import LEOConfig, Range, TrainConfig, leo_search_space
 from .data import EpisodeSampler, FeatureBank
 from .errors import UserError
 from .io import atomic_write, atomic_write_json
@@ -73,12 +73,17 @@ class Method:
     model; ``meta_learned``: whether it is meta-trained (:func:`training.meta_train`);
     ``selected_on_val``: config fields chosen on S^val with the untrained model before that,
     each with its candidates (MAML's alpha, the probe's C); ``group`` colours the chart.
+    ``search_space(leo_config)``: the hyper-parameters ``compare --tune-trials`` searches on
+    S^val, with their ranges; ``apply(leo_config, baseline_config, params)`` puts searched
+    values into the config they belong to.
     """
 
     name: str
     group: str  # "baseline", "LEO ablation" or "LEO (full)"
     build: Callable[[LEOConfig, BaselineConfig, int, int, torch.dtype], nn.Module]
     meta_learned: bool
+    search_space: Callable[[LEOConfig], dict[str, Range]]
+    apply: Callable[[LEOConfig, BaselineConfig, dict[str, float]], tuple[LEOConfig, BaselineConfig]]
     selected_on_val: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
@@ -86,14 +91,29 @@ def _baseline(name: str, cls: type) -> Method:
     def build(lc: LEOConfig, bc: BaselineConfig, d: int, n: int, dtype: torch.dtype) -> nn.Module:
         return cls(bc, d, n, dtype)
 
-    return Method(name, "baseline", build, cls.meta_learned, dict(cls.selected_on_val))
+    return Method(
+        name,
+        "baseline",
+        build,
+        cls.meta_learned,
+        search_space=lambda lc: dict(cls.search_space),
+        apply=lambda lc, bc, params: (lc, bc.replace(**params)),
+        selected_on_val=dict(cls.selected_on_val),
+    )
 
 
 def _leo(name: str, switches: dict[str, Any]) -> Method:
     def build(lc: LEOConfig, bc: BaselineConfig, d: int, n: int, dtype: torch.dtype) -> nn.Module:
         return LEO(lc.replace(**switches), d, n, dtype)
 
-    return Method(name, "LEO ablation" if switches else "LEO (full)", build, True)
+    return Method(
+        name,
+        "LEO ablation" if switches else "LEO (full)",
+        build,
+        True,
+        search_space=lambda lc: leo_search_space(lc.replace(**switches)),
+        apply=lambda lc, bc, params: (lc.replace(**params), bc),
+    )
 
 
 # Table order: the baselines of :mod:`leo_tutorial.baselines`, then LEO's ablations, then LEO.
@@ -141,14 +161,22 @@ def fit(
     baseline_config: BaselineConfig,
     device: torch.device,
     progress: bool = False,
+    *,
+    params: dict[str, float] | None = None,
+    on_validation: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Fit method ``name`` and select it on S^val, exactly as :func:`training.train` does
     (the same loop, seeds, batches, optimiser, clipping and validation schedule; the best state
     is kept in memory instead of ``best.pt``). What the method selects on S^val
     (``Method.selected_on_val``) is chosen first, on the same S^val tasks, with the untrained
-    model. Returns (model, {val_accuracy, best_step, and each selected value})."""
+    model. ``params`` (searched values, e.g. a trial of :mod:`leo_tutorial.tune`) go into the
+    configs first (``Method.apply``), and a field they set is not selected again.
+    ``on_validation(step, info)`` is :func:`training.meta_train`'s hook (it may raise, e.g. to
+    prune a trial). Returns (model, {val_accuracy, best_step, and each selected value})."""
     method = METHODS[name]
     dtype = torch_dtype(tc.dtype)
+    params = params or {}
+    leo_config, baseline_config = method.apply(leo_config, baseline_config, params)
 
     def validate(model: nn.Module) -> Any:
         return evaluate_split(model, bank, tc, "val", device=device)
@@ -159,6 +187,8 @@ def fit(
     selected: dict[str, Any] = {}
     untrained_val = None  # S^val accuracy of the untrained model with the selected values
     for key, candidates in method.selected_on_val.items():
+        if key in params:
+            continue
         scores = {
             c: validate(build(baseline_config.replace(**{key: c}))).accuracy for c in candidates
         }
@@ -185,6 +215,7 @@ def fit(
         validate=lambda: validate(model),
         val_every=tc.val_every,
         best=best,
+        on_validation=on_validation,
         progress=progress,
         desc=name,
         leave=False,
@@ -204,9 +235,15 @@ def run_comparison(
     device: str | torch.device = "auto",
     progress: bool = False,
     log: Callable[[str], None] = print,
+    tuned: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Fit every method in ``methods`` (default: all) on ``bank`` with the same budget and test
     all of them on the same ``train_config.test_tasks`` meta-test tasks. One row per method.
+
+    ``tuned`` maps a method to the outcome of its search on S^val (``{"params": ...,
+    "trials": T}``, from :func:`leo_tutorial.tune.tune_methods`): it is fitted with those
+    values, and its row records ``tuned_trials`` and ``tuned_params``. Methods not in it are
+    fitted untuned (``tuned_trials`` 0): the preset for LEO, the defaults for the baselines.
 
     Example::
 
@@ -222,12 +259,15 @@ def run_comparison(
     device = resolve_device(device)
     tc = train_config
     check_task_shape(bank, tc, ("train", "val", "test"))  # before any training
-    rows, per_task = [], {}
+    rows, per_task, tuned = [], {}, tuned or {}
     for name in methods:
         method = METHODS[name]
         log(f"{name}: fitting ({tc.steps} steps)" if method.meta_learned else f"{name}: fitting")
+        search = tuned.get(name, {"params": None, "trials": 0})
         start = time.perf_counter()
-        model, info = fit(name, bank, tc, leo_config, baseline_config, device, progress)
+        model, info = fit(
+            name, bank, tc, leo_config, baseline_config, device, progress, params=search["params"]
+        )
         train_seconds = time.perf_counter() - start
         start = time.perf_counter()
         result = evaluate_split(model, bank, tc, "test", device=device, progress=progress)
@@ -244,6 +284,8 @@ def run_comparison(
             "steps": tc.steps if method.meta_learned else 0,
             "tasks": result.tasks,
             "queries_per_class": result.queries_per_class,
+            "tuned_trials": search["trials"],
+            **({"tuned_params": search["params"]} if search["params"] is not None else {}),
         }
         log(
             f"{name}: {100 * row['accuracy']:.2f}% +- {100 * row['ci95']:.2f}% "
@@ -280,7 +322,23 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         if "leo_margin" in r and r["method"] != "LEO":
             line += f" {100 * r['leo_margin']:>+11.2f} +- {100 * r['leo_margin_ci95']:<4.2f}"
         lines.append(line)
+    lines.append(tuning_note(rows))
     return "\n".join(lines)
+
+
+def tuning_note(rows: Sequence[dict[str, Any]]) -> str:
+    """The table's last line: whether the hyper-parameters were searched, and with what budget."""
+    trials = sorted({r.get("tuned_trials", 0) for r in rows if r.get("tuned_trials", 0)})
+    if not trials:
+        return (
+            "hyper-parameters untuned: LEO and its ablations use the preset, the baselines "
+            "their defaults (compare --tune-trials T searches each meta-learned method on S^val)"
+        )
+    budget = " / ".join(map(str, trials))
+    return (
+        f"hyper-parameters tuned: {budget} trials on S^val for every meta-learned method "
+        "(see tuned_params in the JSON rows); meta-test was used once, for this table"
+    )
 
 
 def rows_to_json(rows: Sequence[dict[str, Any]]) -> str:

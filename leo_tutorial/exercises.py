@@ -1,19 +1,21 @@
 """Exercise notebooks generated from the source notebooks (``scripts/make_exercises.py``).
 
-A source notebook marks the code the learner should write, inside a code cell, and checks it
-right after (same cell or the next code cell)::
+A source notebook marks the body the learner should write, inside the ``def`` of a function
+that a check tests right after (same cell or the next code cell)::
 
     def latent_step(model, z, x, y):
-        ### BEGIN SOLUTION hint: decode W from z, sum the support losses, step down the gradient
+        ### BEGIN SOLUTION
         ...
         ### END SOLUTION
 
     latent_step = checks.check_latent_step(latent_step)
 
-The exercise version replaces every region by ``raise NotImplementedError("<hint>")`` at the
-marker's indentation and keeps everything else (other code, markdown, cell ids and metadata);
+The exercise version replaces every region by ``raise NotImplementedError(checks.hint("name"))``
+at the marker's indentation, ``name`` being the enclosing function: the stub raises the first of
+the exercise's tiered hints, which live in :mod:`leo_tutorial.checks` (one place), and asks for
+none of the solution. Everything else is kept (other code, markdown, cell ids and metadata);
 outputs are cleared, relative links are rewritten for the ``exercises/`` folder, and a header
-cell says which functions to write and where the solutions are.
+cell says which functions to write, how to get hints and where the solutions are.
 """
 
 from __future__ import annotations
@@ -28,43 +30,59 @@ import nbformat
 from .errors import UserError
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-DEFAULT_HINT = "write this part: the equation is above the cell, the check below tells you more"
 EXERCISES_DIR = "exercises"
 HEADER_ID = "exercise-header"
 
-_BEGIN = re.compile(r"^(?P<indent>\s*)### BEGIN SOLUTION(?:\s+hint:\s*(?P<hint>.*?))?\s*$")
+_BEGIN = re.compile(r"^(?P<indent>\s*)### BEGIN SOLUTION\s*$")
+_DEF = re.compile(r"^(?P<indent>\s*)def (?P<name>\w+)\(")
 _END = re.compile(r"^\s*### END SOLUTION\s*$")
 _MARKER = re.compile(r"(BEGIN|END)\s+SOLUTION", re.IGNORECASE)
 _CHECK_CALL = re.compile(r"checks\.check_\w+\((\w+)\)")
 _RELATIVE_LINK = re.compile(r"\]\((?!https?:|mailto:|#|/)([^)\s]+)\)")
 
 
-def strip_solutions(source: str, where: str = "cell") -> tuple[str, int]:
+def strip_solutions(source: str, where: str = "cell") -> tuple[str, list[str]]:
     """Replace every solution region of one code cell's ``source`` by a stub.
 
-    Returns (new source, number of regions). Raises UserError naming ``where`` and the line
-    for a malformed marker, an unclosed or nested region, or an empty one.
+    Returns (new source, the function each region belongs to). Raises UserError naming
+    ``where`` and the line for a malformed marker, an unclosed or nested region, an empty one,
+    or one outside a ``def``.
     """
     out: list[str] = []
     start = None  # line number of the open region's BEGIN
     body = 0  # lines inside the open region
-    regions = 0
+    names: list[str] = []
+    functions: list[tuple[int, str]] = []  # (indentation, name) of the defs above this line
     for number, line in enumerate(source.split("\n"), 1):
-        begin, end = _BEGIN.match(line), _END.match(line)
+        begin, end, define = _BEGIN.match(line), _END.match(line), _DEF.match(line)
         if not (begin or end) and _MARKER.search(line) and line.lstrip().startswith("#"):
             raise UserError(
                 f"{where}, line {number}: malformed marker {line.strip()!r}; write "
-                f"'{BEGIN}' (optionally '{BEGIN} hint: ...') or '{END}'"
+                f"'{BEGIN}' or '{END}' alone on the line (hints live in leo_tutorial.checks)"
             )
+        if start is None and line.strip() and not (begin or end):  # a line ends deeper defs
+            indent = len(line) - len(line.lstrip())
+            functions = [f for f in functions if f[0] < indent]
+            if define:
+                functions.append((indent, define.group("name")))
         if begin:
             if start is not None:
                 raise UserError(
                     f"{where}, line {number}: '{BEGIN}' inside the region opened "
                     f"on line {start}; close it with '{END}' first"
                 )
-            start, body, regions = number, 0, regions + 1
-            hint = begin.group("hint") or DEFAULT_HINT
-            out.append(f"{begin.group('indent')}raise NotImplementedError({hint!r})")
+            indent = len(begin.group("indent"))
+            enclosing = [name for level, name in functions if level < indent]
+            if not enclosing:
+                raise UserError(
+                    f"{where}, line {number}: a solution region must be the body of the "
+                    "function its check tests (inside a def)"
+                )
+            start, body = number, 0
+            names.append(enclosing[-1])
+            out.append(
+                f"{begin.group('indent')}raise NotImplementedError(checks.hint({names[-1]!r}))"
+            )
         elif end:
             if start is None:
                 raise UserError(f"{where}, line {number}: '{END}' without a '{BEGIN}' before it")
@@ -80,7 +98,7 @@ def strip_solutions(source: str, where: str = "cell") -> tuple[str, int]:
             body += 1
     if start is not None:
         raise UserError(f"{where}, line {start}: '{BEGIN}' is never closed; add '{END}'")
-    return "\n".join(out), regions
+    return "\n".join(out), names
 
 
 def has_solutions(nb: nbformat.NotebookNode) -> bool:
@@ -113,8 +131,11 @@ def _header(source_name: str, names: list[str]) -> nbformat.NotebookNode:
         f"`NotImplementedError`: {functions}. The `checks.check_...` call after "
         f"{'it' if one else 'each one'} runs your code on small cases against the library and "
         "prints ✓ or a hint for the mistake it found; until then the notebook goes on with the "
-        "library's reference, so every cell still runs. The solutions are in the source "
-        f"notebook, `notebooks/{source_name}.ipynb`."
+        "library's reference, so every cell still runs. Stuck? "
+        f"`checks.hint({names[0]!r})` gives the idea, `checks.hint({names[0]!r}, 2)` more, the "
+        "last hint the code. After a failed check, re-run the cell that defines your function, "
+        "then the check. The "
+        f"solutions are in the source notebook, `notebooks/{source_name}.ipynb`."
     )
     lines = textwrap.wrap(text, 98, break_on_hyphens=False, break_long_words=False)
     return nbformat.v4.new_markdown_cell("\n".join(f"> {line}" for line in lines), id=HEADER_ID)
@@ -135,15 +156,20 @@ def make_exercise(nb: nbformat.NotebookNode, source_name: str) -> nbformat.Noteb
             continue
         if cell.cell_type != "code":
             continue
-        source, regions = strip_solutions(cell.source, where)
-        if regions:
+        source, functions = strip_solutions(cell.source, where)
+        if functions:
             after = cell.source.rsplit(END, 1)[1]
             following = [exercise.cells[i].source for i in code_cells if i > index][:1]
-            if not _CHECK_CALL.search(after) and not any(map(_CHECK_CALL.search, following)):
-                raise UserError(
-                    f"{where}: a solution region needs a checks.check_...(fn) call "
-                    "after it, in the same or the next code cell"
-                )
+            checked = set(_CHECK_CALL.findall(after)) | {
+                name for text in following for name in _CHECK_CALL.findall(text)
+            }
+            for name in functions:
+                if name not in checked:
+                    raise UserError(
+                        f"{where}: the solution region of {name} needs a "
+                        f"checks.check_...({name}) call after it, in the same or the next "
+                        "code cell"
+                    )
         cell.source = source
         cell.outputs = []
         cell.execution_count = None

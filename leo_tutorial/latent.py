@@ -1,4 +1,4 @@
-"""The latent space of a trained LEO, as plain functions (notebook 08; paper §4.2.3, Fig. 3).
+"""The latent space of a trained LEO, as plain functions (notebook 08; paper §4.5, Fig. 3).
 
 Everything runs the model in evaluation mode (means, no dropout: deterministic), one task or a
 batch of tasks at a time:
@@ -7,8 +7,8 @@ batch of tasks at a time:
 - :func:`fit_pca` / :func:`tsne`: 2-D pictures of those codes;
 - :func:`within_task_separation`, :func:`class_silhouette`: how separated the codes are, as
   numbers;
-- :func:`inner_step`, :func:`task_trajectory`: eq. 5 one step at a time (the explorer widget's
-  callback);
+- :func:`inner_step`, :func:`task_trajectory`: the latent update (§2.3.2) one step at a time
+  (the explorer widget's callback);
 - :func:`interpolate_class_code`: decode classifiers along the line between two class codes;
 - :func:`weight_samples`: several w drawn from p(w | z) for one z (eq. 4).
 """
@@ -193,7 +193,9 @@ def class_silhouette(codes: np.ndarray, classes: np.ndarray, min_count: int = 5)
 
 # ------------------------------------------------------------------- one task, step by step
 def inner_step(model: LEO, support_x: Tensor, support_y: Tensor, z: Tensor) -> Tensor:
-    """One step of eq. 5, z' = z - alpha * grad_z sum L^tr(decode(z)), in eval mode (W = means).
+    """One latent update (§2.3.2), z' = z - alpha * grad_z sum L^tr(decode(z)), in eval mode.
+
+    The update is unnumbered in the paper (eq. 5 is L^tr itself); W = the decoder's means.
 
     support_x [B,N,K,D], support_y [B,N,K], z [B,N,K,Z] -> z' [B,N,K,Z] (no graph kept).
     """

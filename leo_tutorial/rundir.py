@@ -108,7 +108,7 @@ def check_resume(saved: dict[str, Any], record: dict[str, Any]) -> None:
     upgraded = config_to_dict(config_from_dict(LEOConfig, saved["leo_config"]))
     saved = {**saved, "leo_config": upgraded}
     differences = []
-    for section in ("leo_config", "train_config", "data"):
+    for section in ("train_config", "data", "leo_config"):  # a changed --shot before its preset
         for key in sorted(set(saved[section]) | set(record[section])):
             if key != "steps" and saved[section].get(key) != record[section].get(key):
                 differences.append(

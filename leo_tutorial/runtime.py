@@ -31,6 +31,7 @@ class SeedPurpose(IntEnum):
     TEST = 2  # meta-test tasks (S^test)
     TORCH = 3  # torch's generator at each meta-step: dropout, z and w samples
     INIT = 4  # initial parameters of a model
+    SEARCH = 5  # the hyper-parameter sampler of trial n of a search (leo_tutorial.tune)
 
 
 def step_seed(seed: int, purpose: SeedPurpose, step: int) -> int:

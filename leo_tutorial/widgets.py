@@ -20,8 +20,8 @@ from .model import LEO
 
 
 class LatentExplorer:
-    """Pick a task, step LEO's latent inner loop (eq. 5) with a slider, watch the class codes,
-    the decoded weights and the query predictions change (notebook 08).
+    """Pick a task, step LEO's latent inner loop (the latent update, §2.3.2) with a slider, watch
+    the class codes, the decoded weights and the query predictions change (notebook 08).
 
     Controls: ``task`` (which task of ``tasks``), ``step`` (inner step 0..``steps``) and
     ``next_step`` (a button: one step more). ``result`` holds the numbers on show; ``image``

@@ -4,12 +4,14 @@
     .venv/bin/python scripts/build_slides.py notebooks/04_inner_loop.ipynb --out /tmp/decks
     .venv/bin/python scripts/build_slides.py --assets cdn     # no npm: load JS from the web
 
-Each deck is what ``jupyter nbconvert --to slides --SlidesExporter.reveal_scroll=True`` makes
-of the notebook (its committed outputs, nothing is executed), after cutting markdown cells at
-their headings and applying the slide rule of `scripts/slides.py` in memory, so a deck always
-follows the rule and every section opens its own slide. Open
-``build/slides/NN_name.slides.html`` in a browser; arrow keys move between slides, space
-reveals the "What to notice" fragments, ``s`` opens the speaker view.
+Each deck is nbconvert's reveal.js export of the notebook (its committed outputs, nothing is
+executed) cut for a 1280 x 720 screen by ``slides.deck_notebook``: a slide per section, long
+markdown cells cut at paragraphs, a new vertical slide wherever the estimated content would
+overflow the screen, code cells longer than ten lines (and the set-up cell) shown by their output
+only, ``# NBVAL_*`` markers dropped; no scrolling slides. ``tests/test_slides.py`` measures every
+slide of every deck in headless Chromium. Open ``build/slides/NN_name.slides.html`` in a browser;
+arrow keys move between slides, space reveals the "What to notice" fragments, ``s`` opens the
+speaker view.
 
 Offline viewing (``--assets local``, the default): the JavaScript a deck needs — reveal.js
 4.0.2 (the version nbconvert's template is written for), jQuery, require.js and MathJax 2.7 —
@@ -33,7 +35,8 @@ from pathlib import Path
 
 import nbformat
 from nbconvert import SlidesExporter
-from slides import add_slide_metadata, split_at_headings  # scripts/slides.py
+from nbconvert.preprocessors import TagRemovePreprocessor
+from slides import DECK_HEIGHT, DECK_WIDTH, HIDE_INPUT, deck_notebook  # scripts/slides.py
 
 from leo_tutorial.io import atomic_write
 
@@ -100,9 +103,34 @@ def fetch_assets(out_dir: Path) -> Path:
     return assets
 
 
+# Sizes for a 1280 x 720 screen; scripts/slides.py estimates heights with the same numbers.
+DECK_CSS = f"""<style type="text/css">
+.reveal .jp-RenderedHTMLCommon {{ font-size: 22px; line-height: 1.35; }}
+.reveal .jp-RenderedHTMLCommon h1 {{ font-size: 40px; }}
+.reveal .jp-RenderedHTMLCommon h2 {{ font-size: 34px; }}
+.reveal .jp-RenderedHTMLCommon h3 {{ font-size: 28px; }}
+.reveal .jp-InputArea-editor pre, .reveal .jp-OutputArea-output pre {{ font-size: 15px;
+  line-height: 1.35; }}
+.reveal blockquote {{ width: 96%; font-style: normal; margin: 12px 0; padding: 4px 16px;
+  font-size: 20px; }}
+.reveal .jp-InputPrompt, .reveal .jp-OutputPrompt {{ display: none; }}
+.reveal .jp-OutputArea-output pre {{ max-height: 360px; overflow-y: auto; }}
+.reveal .jp-OutputArea-output img {{ max-height: 470px; max-width: 1180px; width: auto; }}
+.reveal .slides {{ text-align: left; }}
+</style>
+<!-- deck size {DECK_WIDTH} x {DECK_HEIGHT} -->
+"""
+
+
 def exporter(assets: str) -> SlidesExporter:
-    """nbconvert's slides exporter: scrolling slides; local asset URLs unless ``cdn``."""
-    export = SlidesExporter(reveal_scroll=True)
+    """nbconvert's slides exporter for a 1280 x 720 screen, no scrolling, code cells tagged
+    ``HIDE_INPUT`` shown by their output only; local asset URLs unless ``cdn``."""
+    export = SlidesExporter(
+        reveal_scroll=False, reveal_width=str(DECK_WIDTH), reveal_height=str(DECK_HEIGHT)
+    )
+    export.register_preprocessor(
+        TagRemovePreprocessor(remove_input_tags={HIDE_INPUT}, enabled=True), enabled=True
+    )
     if assets == "local":
         for name, url in LOCAL_URLS.items():
             setattr(export, name, url)
@@ -111,8 +139,9 @@ def exporter(assets: str) -> SlidesExporter:
 
 def build_deck(path: Path, out_dir: Path, export: SlidesExporter) -> Path:
     """Write ``out_dir/<name>.slides.html`` for the notebook at ``path``; returns its path."""
-    nb = add_slide_metadata(split_at_headings(nbformat.read(path, as_version=4)))
+    nb = deck_notebook(nbformat.read(path, as_version=4))
     html, _resources = export.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
+    html = html.replace("</head>", DECK_CSS + "</head>", 1)
     target = out_dir / f"{path.stem}.slides.html"
     return atomic_write(target, lambda f: f.write(html.encode("utf-8")))
 

@@ -60,6 +60,9 @@ def main(argv: list[str]) -> int:
     # The kernel must be this environment's Python.
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
     os.environ.setdefault("TQDM_DISABLE", "1")
+    # MPLBACKEND=Agg (usual in test shells) would replace the kernel's inline backend: every
+    # figure would silently vanish from the saved outputs.
+    os.environ.pop("MPLBACKEND", None)
     paths = [Path(p) for p in argv] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     for path in paths:
         print(f"{path.name:40s} {execute(path):6.1f} s", flush=True)

@@ -3,9 +3,13 @@
 #
 #   bash scripts/setup.sh            # from the repository root (or anywhere: it finds the root)
 #   PYTHON=python3.12 bash scripts/setup.sh
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/setup.sh
 #
 # Torch is installed first with an explicit "<2.14" bound so pip picks the CPU wheel it can find
 # locally instead of downloading a multi-GB CUDA build; the package itself only sets lower bounds.
+# On a Linux laptop without a GPU, PyPI's default torch wheel is the CUDA build (with its NVIDIA
+# libraries, several GB): set TORCH_INDEX_URL to PyTorch's CPU wheel index (above, about 200 MB)
+# to install torch from there instead. Unset (the default), pip uses its usual index.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,5 +37,11 @@ else
 fi
 
 stage "upgrade pip" "$VENV/bin/python" -m pip install --quiet --upgrade pip
-stage "install torch (CPU)" "$VENV/bin/python" -m pip install --quiet "torch>=2.2,<2.14"
+TORCH_SPEC="torch>=2.2,<2.14"
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    stage "install torch from $TORCH_INDEX_URL" \
+        "$VENV/bin/python" -m pip install --quiet --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"
+else
+    stage "install torch (CPU)" "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
+fi
 stage "install leo-tutorial[dev]" "$VENV/bin/python" -m pip install --quiet -e ".[dev]"

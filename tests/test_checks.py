@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from leo_tutorial import LEO, LEOConfig, checks, losses
+from leo_tutorial.errors import UserError
 from leo_tutorial.losses import cross_entropy
 from leo_tutorial.model import floored_std
 
@@ -91,15 +92,17 @@ def predict_mine(x, W):
     return x @ W.mean(dim=2).transpose(1, 2).unsqueeze(1)
 
 
-def latent_step(model, z, x, y, *, sign=1.0, reduce="sum", alpha="vector", out="z"):
-    z = z.detach().requires_grad_()
+def latent_step(
+    model, z, x, y, *, sign=1.0, reduce="sum", alpha="vector", out="z", graph=True, leaf=False
+):
+    z = z.detach().requires_grad_() if leaf else z
     W, _ = model.possibly_sample(model.decoder(z), model.decoder_stddev_offset)
     per_example = model.loss_fn(model.predict(x, W), y)
     support_loss = per_example.sum() if reduce == "sum" else per_example.mean()
-    (grad_z,) = torch.autograd.grad(support_loss, z)
+    (grad_z,) = torch.autograd.grad(support_loss, z, create_graph=graph)
     rate = {"vector": model.inner_lr, "mean": model.inner_lr.mean(), "none": 1.0}[alpha]
     step = rate * grad_z
-    return {"z": z - sign * step, "grad": grad_z, "step": -step}[out].detach()
+    return {"z": z - sign * step, "grad": grad_z, "step": -step}[out]
 
 
 def log_normal(s, mean, std):
@@ -243,6 +246,14 @@ WRONG = [
     ("latent_step", lambda m, z, x, y: latent_step(m, z, x, y, alpha="mean"), "not by its mean"),
     ("latent_step", lambda m, z, x, y: latent_step(m, z, x, y, out="grad"), "not the gradient"),
     ("latent_step", lambda m, z, x, y: latent_step(m, z, x, y, out="step"), "not only the step"),
+    ("latent_step", lambda m, z, x, y: latent_step(m, z, x, y).detach(), "stay in the autograd"),
+    ("latent_step", lambda m, z, x, y: latent_step(m, z, x, y, graph=False), "create_graph=True"),
+    ("latent_step", lambda m, z, x, y: latent_step(m, z, x, y, leaf=True), "do not detach z"),
+    (
+        "latent_step",
+        lambda m, z, x, y: latent_step(m, z, x, y, leaf=True, graph=False),
+        "do not detach z",
+    ),
     # notebook 05: the KL
     (
         "kl_one_sample",
@@ -322,19 +333,61 @@ def test_check_prints_the_verdict_and_returns_the_function_to_continue_with(caps
     assert checks.check_official_std(official_std) is official_std
     assert capsys.readouterr().out.startswith("✓ official_std passed")
     assert checks.check_official_std(_stub) is checks.official_std_reference
-    assert (
-        "not implemented yet — the notebook uses the library's reference" in capsys.readouterr().out
-    )
-    assert checks.check_official_std(lambda u, offset: u + "1") is checks.official_std_reference
     out = capsys.readouterr().out
-    assert out.startswith("✗ official_std: your function raised TypeError")
-    assert "take them from the arguments, not from globals" in out
-    assert "use the library's reference until it passes" in out
+    assert "not implemented yet — the notebook uses the library's reference" in out
+    assert "hint 1/3 for official_std: not softplus" in out
     assert (
         checks.check_latent_step(lambda m, z, x, y: latent_step(m, z, x, y, sign=-1.0))
         is checks.latent_step_reference
     )
-    assert "step *down* the gradient" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert (
+        "step *down* the gradient" in out and "use the library's reference until it passes" in out
+    )
+    assert "checks.hint('latent_step', 2)" in out
+
+
+def test_an_exception_names_the_learners_line_and_blames_sizes_only_for_shape_errors(capsys):
+    def typo(u, offset):
+        std = torch.exp(u) - (1 - ofset)  # noqa: F821 (the learner's typo)
+        return std
+
+    def global_size(u, offset):
+        return torch.exp(u).reshape(640) - 1 + offset
+
+    assert checks.check_official_std(typo) is checks.official_std_reference
+    out = capsys.readouterr().out
+    assert "✗ official_std: your function raised NameError: name 'ofset' is not defined" in out
+    assert "at `std = torch.exp(u) - (1 - ofset)" in out
+    assert "other sizes" not in out
+    checks.check_official_std(global_size)
+    out = capsys.readouterr().out
+    assert "raised RuntimeError" in out and "the check uses other sizes than the notebook" in out
+
+
+def test_the_reference_passed_back_is_recognised_not_passed(capsys):
+    wrong = checks.check_official_std(lambda u, offset: u)  # a failed check returns the reference
+    assert wrong is checks.official_std_reference
+    capsys.readouterr()
+    assert checks.check_official_std(wrong) is checks.official_std_reference  # re-run the check
+    out = capsys.readouterr().out
+    assert out.startswith("✗ official_std is the library's reference")
+    assert "re-run the cell that defines your official_std" in out and "✓" not in out
+
+
+@pytest.mark.parametrize("name", sorted(SOLUTIONS))
+def test_hints_go_from_the_idea_to_the_solution(name):
+    hints = checks.EXERCISES[name].hints
+    assert len(hints) >= 2
+    first, last = checks.hint(name), checks.hint(name, len(hints))
+    assert first.startswith(f"hint 1/{len(hints)} for {name}: ") and f"({name!r}, 2)" in first
+    assert last.endswith("(this is the solution)")
+    assert repr(first) == str(first)  # shown without quotes as a cell's value
+    assert "return" not in hints[0] and "return" in hints[-1]  # idea first, code last
+    with pytest.raises(UserError, match="has hints 1 to"):
+        checks.hint(name, len(hints) + 1)
+    with pytest.raises(UserError, match="no exercise 'nope'"):
+        checks.hint("nope")
 
 
 @pytest.mark.parametrize("name", sorted(SOLUTIONS))
@@ -412,3 +465,20 @@ def test_kl_and_penalty_references_are_the_losses():
     torch.testing.assert_close(
         checks.encoder_penalty_reference(s, mean), losses.encoder_penalty(s, mean)
     )
+
+
+def test_latent_step_reference_is_autograd_to_second_order():
+    model = _model().eval()
+    x = F.normalize(torch.randn(2, 3, 2, 5, dtype=torch.float64), dim=-1)
+    y = torch.arange(3)[None, :, None].expand(2, 3, 2)
+    z = model.forward_encoder(x)[0]
+    ref = checks.latent_step_reference(model, z, x, y)
+    mine = latent_step(model, z, x, y)
+    torch.testing.assert_close(ref, mine)
+    for p in model.parameters():
+        (g_ref,) = torch.autograd.grad(ref.sum(), p, retain_graph=True, allow_unused=True)
+        (g_mine,) = torch.autograd.grad(mine.sum(), p, retain_graph=True, allow_unused=True)
+        if g_ref is None:
+            assert g_mine is None
+        else:
+            torch.testing.assert_close(g_ref, g_mine)

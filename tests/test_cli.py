@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from leo_tutorial.cli import main
+from leo_tutorial.config import PRESETS
 from leo_tutorial.data import leo_pickle_path, make_leo_key, write_leo_pickle
 
 FAST = [
@@ -50,7 +51,8 @@ def test_train_learns_and_reports_a_test_accuracy(trained):
     assert test["accuracy"] > 0.45  # chance 0.20; Bayes-optimal 0.69 (150 steps only)
     assert 0 < test["ci95"] < 0.05
     record = json.loads((trained / "run.json").read_text())
-    assert record["leo_config"]["outer_lr"] == 3e-3  # --preset auto picked "synthetic"
+    chosen = {k: record["leo_config"][k] for k in PRESETS["cpu-1shot"]}
+    assert chosen == PRESETS["cpu-1shot"]  # --preset auto picked "cpu-1shot" (a short schedule)
 
 
 def test_evaluate_json_reproduces_the_final_test(trained, capsys):
@@ -68,7 +70,8 @@ def test_evaluate_json_reproduces_the_final_test(trained, capsys):
 
 def test_info_shows_configuration_and_best_validation(trained, capsys):
     code, out, _ = cli(capsys, "info", trained)
-    assert code == 0 and "best meta-val accuracy" in out and "outer_lr=0.003" in out
+    outer_lr = PRESETS["cpu-1shot"]["outer_lr"]
+    assert code == 0 and "best meta-val accuracy" in out and f"outer_lr={outer_lr}" in out
     code, out, _ = cli(capsys, "info", trained, "--json")
     info = json.loads(out)
     metrics = json.loads((trained / "metrics.json").read_text())
@@ -76,6 +79,7 @@ def test_info_shows_configuration_and_best_validation(trained, capsys):
     assert info["steps_done"] == 150
 
 
+@pytest.mark.slow
 def test_console_script_is_installed_and_runs(tmp_path):
     exe = subprocess.run(
         [sys.executable, "-m", "leo_tutorial.cli", "--help"], capture_output=True, text=True
@@ -83,6 +87,7 @@ def test_console_script_is_installed_and_runs(tmp_path):
     assert exe.returncode == 0 and "train" in exe.stdout and "evaluate" in exe.stdout
 
 
+@pytest.mark.slow
 def test_resume_through_the_cli_equals_one_long_run(tmp_path, capsys):
     args = [
         "train",
@@ -148,7 +153,10 @@ def test_train_on_official_pickles(tmp_path, capsys):
     assert code == 0, err
     assert "test accuracy" in out and "29 queries per class" in out  # every remaining image
     record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert record["data"]["train_on_val"] and record["leo_config"]["kl_weight"] == 0.756143
+    # the official files, but 3 steps instead of the official 100 000: not the paper's preset
+    assert "--preset auto: 'cpu-1shot'" in err
+    kl_weight = PRESETS["cpu-1shot"]["kl_weight"]
+    assert record["data"]["train_on_val"] and record["leo_config"]["kl_weight"] == kl_weight
 
 
 def test_train_on_exported_embeddings_uses_the_official_reader(tmp_path, capsys):
@@ -176,7 +184,8 @@ def test_train_on_exported_embeddings_uses_the_official_reader(tmp_path, capsys)
     )
     assert code == 0, err
     record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert record["embedding_dim"] == 64 and record["leo_config"]["outer_lr"] == 1e-4  # default
+    outer_lr = PRESETS["cpu-1shot"]["outer_lr"]  # not the official files: the CPU preset
+    assert record["embedding_dim"] == 64 and record["leo_config"]["outer_lr"] == outer_lr
     code, _, err = cli(
         capsys,
         "train",

@@ -131,6 +131,7 @@ def test_splits_disjoint_by_block(small):
             assert seen.setdefault(block.name, name) == name
 
 
+@pytest.mark.slow
 def test_full_class_list_is_large_and_split_by_block():
     classes = glyph_classes(GlyphConfig())
     sizes = {name: len(chars) for name, chars in classes.items()}

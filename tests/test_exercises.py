@@ -13,7 +13,6 @@ import pytest
 from leo_tutorial import checks
 from leo_tutorial.errors import UserError
 from leo_tutorial.exercises import (
-    DEFAULT_HINT,
     HEADER_ID,
     exercise_names,
     exercise_path,
@@ -28,8 +27,8 @@ NOTEBOOKS = ROOT / "notebooks"
 
 SOLVED = """import torch
 
-def latent_step(z, grad, inner_lr):  # eq. 5
-    ### BEGIN SOLUTION hint: z' = z - alpha * grad
+def latent_step(z, grad, inner_lr):  # the latent step
+    ### BEGIN SOLUTION
     step = inner_lr * grad
     return z - step
     ### END SOLUTION
@@ -46,49 +45,53 @@ def synthetic_notebook(*cells: tuple[str, str]) -> nbformat.NotebookNode:
 
 
 def test_strip_solutions_replaces_the_region_and_keeps_the_rest():
-    source, regions = strip_solutions(SOLVED)
-    assert regions == 1
+    source, functions = strip_solutions(SOLVED)
+    assert functions == ["latent_step"]
     assert (
         source
         == """import torch
 
-def latent_step(z, grad, inner_lr):  # eq. 5
-    raise NotImplementedError("z' = z - alpha * grad")
+def latent_step(z, grad, inner_lr):  # the latent step
+    raise NotImplementedError(checks.hint('latent_step'))
 
 print("kept")"""
     )
-    namespace: dict = {}
-    exec(source, namespace)  # the stub is valid Python and raises with the hint
-    with pytest.raises(NotImplementedError, match="z' = z - alpha"):
+    namespace: dict = {"checks": checks}
+    exec(source, namespace)  # the stub is valid Python and raises the first hint
+    with pytest.raises(NotImplementedError, match="hint 1/3 for latent_step: decode weights"):
         namespace["latent_step"](1.0, 1.0, 1.0)
 
 
-def test_strip_solutions_without_hint_and_several_regions():
-    source, regions = strip_solutions(
-        "a = 1\n### BEGIN SOLUTION\nb = 2\n### END SOLUTION\nif a:\n"
-        "    ### BEGIN SOLUTION\n    c = 3\n    ### END SOLUTION\n"
+def test_strip_solutions_names_the_enclosing_function_of_every_region():
+    source, functions = strip_solutions(
+        "a = 1\ndef f(x):\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION\n"
+        "def g(x):\n    def inner(y):\n        return y\n    if x:\n"
+        "        ### BEGIN SOLUTION\n        return 3\n        ### END SOLUTION\n"
     )
-    assert regions == 2
+    assert functions == ["f", "g"]
     assert source == (
-        f"a = 1\nraise NotImplementedError({DEFAULT_HINT!r})\nif a:\n"
-        f"    raise NotImplementedError({DEFAULT_HINT!r})\n"
+        "a = 1\ndef f(x):\n    raise NotImplementedError(checks.hint('f'))\ndef g(x):\n"
+        "    def inner(y):\n        return y\n    if x:\n"
+        "        raise NotImplementedError(checks.hint('g'))\n"
     )
-    assert strip_solutions("x = 1  # no markers") == ("x = 1  # no markers", 0)
+    assert strip_solutions("x = 1  # no markers") == ("x = 1  # no markers", [])
 
 
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        ("### BEGIN SOLUTION\nx = 1\n", "line 1: '### BEGIN SOLUTION' is never closed"),
+        ("def f():\n    ### BEGIN SOLUTION\n    x = 1\n", "line 2: '### BEGIN SOLUTION' is never"),
+        ("### BEGIN SOLUTION\nx = 1\n### END SOLUTION\n", "line 1: a solution region must be"),
+        ("def f():\n    ### BEGIN SOLUTION hint: x\n    x\n", "line 2: malformed marker"),
         ("x = 1\n### END SOLUTION\n", "line 2: '### END SOLUTION' without a '### BEGIN SOLUTION'"),
         (
-            "### BEGIN SOLUTION\n### BEGIN SOLUTION\nx\n### END SOLUTION\n",
-            "line 2:.*inside the region",
+            "def f():\n ### BEGIN SOLUTION\n ### BEGIN SOLUTION\n x\n ### END SOLUTION\n",
+            "line 3:.*inside the region",
         ),
-        ("### BEGIN SOLUTION\n\n### END SOLUTION\n", "line 1: empty solution region"),
+        ("def f():\n ### BEGIN SOLUTION\n\n ### END SOLUTION\n", "line 2: empty solution region"),
         ("## BEGIN SOLUTION\nx = 1\n### END SOLUTION\n", "line 1: malformed marker"),
         ("### BEGIN SOLUTIONS\nx = 1\n### END SOLUTION\n", "line 1: malformed marker"),
-        ("### BEGIN SOLUTION\nx = 1\n#### END SOLUTION\n", "line 3: malformed marker"),
+        ("def f():\n ### BEGIN SOLUTION\n x = 1\n #### END SOLUTION\n", "line 4: malformed"),
     ],
 )
 def test_malformed_markers_are_clear_errors(source, message):
@@ -114,6 +117,7 @@ def test_make_exercise_on_a_synthetic_notebook():
     header = exercise.cells[0].source
     assert "Exercise version" in header and "(../04_toy.ipynb)" in header
     assert "`latent_step`" in header and "notebooks/04_toy.ipynb" in header
+    assert "`checks.hint('latent_step', 2)`" in header
     assert exercise.cells[1].source == (
         "# Title\n\nSee [the spec](../../docs/LEO_SPEC.md), [02](../02_x.ipynb), "
         "[web](https://example.org) and [below](#summary)."
@@ -130,7 +134,7 @@ def test_make_exercise_on_a_synthetic_notebook():
 
 def test_make_exercise_needs_a_check_after_each_region():
     nb = synthetic_notebook(("code", SOLVED), ("markdown", "text"), ("code", "print(1)"))
-    with pytest.raises(UserError, match="04_toy, cell 0: a solution region needs a checks.check_"):
+    with pytest.raises(UserError, match="04_toy, cell 0: the solution region of latent_step needs"):
         make_exercise(nb, "04_toy")
     nb.cells[2].source = "f = checks.check_latent_step(latent_step)"
     assert exercise_names(make_exercise(nb, "04_toy")) == ["latent_step"]  # next code cell
@@ -204,14 +208,16 @@ def test_make_exercises_check_mode_finds_outdated_and_stale_files(tmp_path, monk
     monkeypatch.setattr(script, "NOTEBOOKS", tmp_path / "notebooks")
     source = tmp_path / "notebooks" / "04_toy.ipynb"
     source.parent.mkdir()
-    nb = synthetic_notebook(("code", SOLVED), ("code", "f = checks.check_latent_step(f)"))
+    nb = synthetic_notebook(
+        ("code", SOLVED), ("code", "latent_step = checks.check_latent_step(latent_step)")
+    )
     nbformat.write(nb, source)
     assert script.main(["--check"]) == 1
     assert "out of date: notebooks/exercises/04_toy.ipynb" in capsys.readouterr().out
     exercise_path(source).parent.mkdir()
     nbformat.write(make_exercise(nb, "04_toy"), exercise_path(source))
     assert script.main(["--check"]) == 0
-    nb.cells[1].source += "\nprint(f)"
+    nb.cells[1].source += "\nprint(latent_step)"
     nbformat.write(nb, source)
     assert script.main(["--check"]) == 1
     nbformat.write(make_exercise(nb, "04_toy"), exercise_path(source))

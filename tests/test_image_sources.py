@@ -6,6 +6,7 @@ import pytest
 from test_data_omniglot import make_fake_omniglot
 
 from leo_tutorial.cli import main
+from leo_tutorial.config import PRESETS
 from leo_tutorial.features import SHIPPED_BACKBONES
 from leo_tutorial.sources import glyphs_spec, load_bank, omniglot_spec
 
@@ -51,7 +52,8 @@ def test_omniglot_trains_a_backbone_once_then_reuses_it(tmp_path, private_cache,
     assert len(cached) == 1 and cached[0].startswith("omniglot-convnet4-")
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["data"] == omniglot_spec(tmp_path / "omniglot")
-    assert record["leo_config"]["outer_lr"] == 1e-4  # auto preset: the official defaults
+    outer_lr = PRESETS["cpu-1shot"]["outer_lr"]  # auto preset off the official files
+    assert record["leo_config"]["outer_lr"] == outer_lr
     assert main([*args, "--out", str(tmp_path / "again")]) == 0
     assert "pre-training" not in capsys.readouterr().err  # the cached backbone is reused
     assert main(["evaluate", str(tmp_path / "run"), "--tasks", "4", "--json"]) == 0
@@ -63,6 +65,7 @@ def test_omniglot_needs_a_data_dir(tmp_path, capsys):
     assert "--data-dir" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED_BACKBONES["glyphs"].is_file(), reason="no shipped backbone")
 def test_glyphs_use_the_shipped_backbone(private_cache):
     bank = load_bank(glyphs_spec(), log=lambda m: None, progress=False)
@@ -101,6 +104,7 @@ def test_prepare_omniglot_retrains_and_exports_the_official_layout(tmp_path, pri
     assert "--data-dir" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_readme_main_job_runs(tmp_path, capsys):
     """The README's main-job command, as written there, with a shorter schedule appended."""
     from pathlib import Path

@@ -32,7 +32,7 @@ SCREENSHOTS = ROOT / "build" / "screenshots"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 ALWAYS = ("00_tour",)  # besides the widget notebooks, in the default selection
 
-pytestmark = pytest.mark.jupyterlab
+pytestmark = [pytest.mark.jupyterlab, pytest.mark.slow]
 
 
 def _missing_requirement() -> str | None:

@@ -17,7 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import build_slides  # noqa: E402
-from slides import add_slide_metadata, slide_types, split_at_headings  # noqa: E402
+from slides import (  # noqa: E402
+    BUDGET,
+    HIDE_INPUT,
+    add_slide_metadata,
+    code_height,
+    deck_notebook,
+    markdown_height,
+    slide_types,
+    split_at_headings,
+)
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -131,11 +140,16 @@ def test_deck_from_nbconvert_follows_the_rule(tmp_path):
     path = ROOT / "notebooks" / "02_encoder_relation_net.ipynb"
     deck = build_slides.build_deck(path, tmp_path, build_slides.exporter("local"))
     html = deck.read_text(encoding="utf-8")
-    types = slide_types(split_at_headings(nbformat.read(path, as_version=4)))
+    cells = deck_notebook(nbformat.read(path, as_version=4)).cells
+    types = [cell.metadata["slideshow"]["slide_type"] for cell in cells]
     # nbconvert opens <section><section> per slide and one more <section> per subslide
     assert _sections(html) == 2 * types.count("slide") + types.count("subslide")
     assert html.count('class="jp-Cell ') == len(types) - types.count("skip")
     assert html.count('class="fragment"') == types.count("fragment")
+    assert "width: 1280" in html and "height: 720" in html  # reveal's canvas
+    hidden = [cell for cell in cells if HIDE_INPUT in cell.metadata.get("tags", [])]
+    assert hidden and hidden[0].source.splitlines()[0] not in html  # long code: output only
+    assert "NBVAL_CHECK_OUTPUT" not in html
     assert "<img" in html  # the figures, embedded as data URIs
     loaded = re.findall(r'<script src="([^"]+)"|<link href="([^"]+)"', html)
     urls = [u for pair in loaded for u in pair if u]
@@ -144,6 +158,7 @@ def test_deck_from_nbconvert_follows_the_rule(tmp_path):
     assert "unpkg.com" not in html
 
 
+@pytest.mark.slow
 def test_build_slides_command(tmp_path):
     path = ROOT / "notebooks" / "02_encoder_relation_net.ipynb"
     cmd = [
@@ -164,3 +179,119 @@ def test_build_slides_command(tmp_path):
 def test_build_slides_names_a_missing_notebook(tmp_path):
     with pytest.raises(SystemExit, match="no such notebook: .*nope.ipynb"):
         build_slides.main([str(tmp_path / "nope.ipynb"), "--out", str(tmp_path)])
+
+
+def test_deck_cuts_long_cells_and_starts_a_slide_when_the_screen_is_full():
+    prose = " ".join(["A sentence of about sixty characters, give or take a few."] * 8)
+    long_code = "\n".join(f"x{i} = {i}" for i in range(14))
+    nb = new_notebook(
+        cells=[
+            new_markdown_cell("# Title\n\n" + "\n\n".join([prose] * 6)),
+            new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)"),
+            new_code_cell(long_code),
+            new_code_cell("short = 1"),
+            new_markdown_cell("## Section\n\nText."),
+        ]
+    )
+    deck = deck_notebook(nb)
+    kinds = [cell.metadata["slideshow"]["slide_type"] for cell in deck.cells]
+    assert kinds[0] == "slide" and kinds.count("slide") == 2  # the two headings
+    assert len(deck.cells) > len(nb.cells)  # the long markdown cell was cut at paragraphs
+    assert deck.cells[0].source.startswith("# Title")
+    sources = [cell.source for cell in deck.cells]
+    assert "print(1)" in sources  # the nbval marker is not shown
+    hidden = [c for c in deck.cells if HIDE_INPUT in c.metadata.get("tags", [])]
+    assert [c.source for c in hidden] == [long_code]
+    height = 0  # every slide's estimated content fits
+    for cell, kind in zip(deck.cells, kinds, strict=True):
+        h = markdown_height(cell.source) if cell.cell_type == "markdown" else code_height(cell)
+        height = h if kind in ("slide", "subslide") else height + h
+        assert height <= BUDGET or kind in ("slide", "subslide")
+    assert len(nb.cells) == 5 and nb.cells[1].source.startswith("# NBVAL")  # input untouched
+
+
+def test_a_cell_with_several_tall_outputs_becomes_one_piece_per_output():
+    import base64
+    import struct
+    import zlib
+
+    def png(width, height):  # a valid PNG header is all the estimate reads
+        ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+        return base64.b64encode(b"\x89PNG\r\n\x1a\n" + chunk).decode()
+
+    cell = new_code_cell("plot()")
+    cell.outputs = [
+        nbformat.v4.new_output("display_data", data={"image/png": png(900, 400)}) for _ in range(2)
+    ]
+    nb = new_notebook(cells=[new_markdown_cell("# T"), cell])
+    deck = deck_notebook(nb)
+    assert [len(c.get("outputs", [])) for c in deck.cells] == [0, 1, 1]
+    assert HIDE_INPUT in deck.cells[2].metadata["tags"]  # the code is shown once
+    assert deck.cells[2].metadata["slideshow"]["slide_type"] == "subslide"
+
+
+# ----------------------------------------------- every deck fits a 1280 x 720 screen (Chromium)
+CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+REVEAL = "require('_assets/reveal.js/dist/reveal.js')"
+MEASURE = f"""async () => {{
+  const R = {REVEAL}; const cfg = R.getConfig(); const out = [];
+  for (const s of R.getSlides()) {{
+    const i = R.getIndices(s); R.slide(i.h, i.v || 0);
+    await new Promise(r => setTimeout(r, 50));
+    out.push({{h: i.h, v: i.v || 0, height: s.scrollHeight}});
+  }}
+  return {{width: cfg.width, height: cfg.height, slides: out}};
+}}"""
+
+
+@pytest.fixture(scope="module")
+def decks(tmp_path_factory):
+    """Every notebook's deck with local reveal.js (fetched once with npm, or reused)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found (Debian: apt-get install chromium)")
+    pytest.importorskip("playwright")
+    out = ROOT / "build" / "slides"
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        build_slides.fetch_assets(out)
+    except SystemExit as error:  # no npm or no registry
+        pytest.skip(f"cannot fetch reveal.js for the decks: {error}")
+    target = tmp_path_factory.mktemp("decks")
+    (target / "_assets").symlink_to(out / "_assets")
+    export = build_slides.exporter("local")
+    return [build_slides.build_deck(path, target, export) for path in NOTEBOOKS]
+
+
+@pytest.mark.slow
+def test_every_slide_of_every_deck_fits_a_1280_by_720_screen(decks):
+    from playwright.sync_api import sync_playwright
+
+    too_tall = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        for deck in decks:
+            page.goto(deck.as_uri())
+            page.wait_for_function(
+                f"() => {{ try {{ return {REVEAL}.isReady(); }} catch (e) {{ return false; }} }}",
+                timeout=60_000,
+            )
+            page.wait_for_timeout(1000)  # MathJax typesets after reveal is ready
+            info = page.evaluate(MEASURE)
+            assert (info["width"], info["height"]) == (1280, 720)
+            too_tall += [
+                f"{deck.name} slide {s['h']}/{s['v']}: {s['height']} px"
+                for s in info["slides"]
+                if s["height"] > info["height"]
+            ]
+        browser.close()
+    assert not too_tall, "slides taller than the screen:\n" + "\n".join(too_tall)

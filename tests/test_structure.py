@@ -192,8 +192,8 @@ def test_a_data_flag_the_source_does_not_read_is_refused(tmp_path, capsys):
 
 
 def test_seed_purposes_keep_their_numbers():
-    assert [int(p) for p in SeedPurpose] == [0, 1, 2, 3, 4]
-    assert [p.name for p in SeedPurpose] == ["TRAIN", "VAL", "TEST", "TORCH", "INIT"]
+    assert [int(p) for p in SeedPurpose] == [0, 1, 2, 3, 4, 5]
+    assert [p.name for p in SeedPurpose] == ["TRAIN", "VAL", "TEST", "TORCH", "INIT", "SEARCH"]
 
 
 # --------------------------------------------------------------------- run-directory lock
@@ -217,6 +217,7 @@ HOLDER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_second_train_on_a_busy_folder_is_refused_and_a_killed_holder_does_not_block(
     tmp_path, capsys
 ):

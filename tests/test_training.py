@@ -115,6 +115,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_at", [10, 20])
 def test_resume_ends_exactly_where_an_uninterrupted_run_ends(bank, tmp_path, stop_at):
     full = run(bank, tmp_path / "full")

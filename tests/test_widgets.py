@@ -46,6 +46,7 @@ def test_explorer_starts_at_the_encoders_code(explorer):
     assert "inner step 0" in explorer.summary.value
 
 
+@pytest.mark.slow
 def test_explorer_slider_and_button_step_the_inner_loop(explorer):
     explorer.task.value = 1
     reference = latent.task_trajectory(explorer.model, explorer.tasks.task(1), steps=4)
@@ -88,6 +89,7 @@ def test_figure_png():
     assert figure_png(fig).startswith(PNG)
 
 
+@pytest.mark.slow
 def test_live_curves_redraw_after_every_validation(bank, tmp_path, capsys):
     curves = viz.LiveTrainingCurves(total_steps=20)
     schedule = TrainConfig(

@@ -31,6 +31,7 @@ def test_explorer_shows_the_samples_of_its_points(model):
     assert "closer to a line" in explorer.summary.value
 
 
+@pytest.mark.slow
 def test_moving_a_slider_updates_the_samples(model):
     explorer = RegressionExplorer(model, XS, YS, n_samples=4, seed=3)
     before = explorer.result["samples"].after.clone()

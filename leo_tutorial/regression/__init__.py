@@ -6,7 +6,7 @@ biases) are generated from a single 16-d latent code z per task::
     support (x, y) [B,K,1]+[B,K,1] -> encoder g_e (per point) -> relation net g_r (all K^2 pairs)
         -> mean over pairs -> (mu, u) [B,2Z] -> z ~ N(mu, std(u))             (eq. 3, one code)
     z -> decoder g_d -> (mean, u) [B, 2*1761] -> theta ~ N(mean, std(u))        (eq. 4)
-    z' = z - alpha * grad_z MSE^tr(f_theta(z)), T times (new theta sample each step) (eq. 5)
+    z' = z - alpha * grad_z MSE^tr(f_theta(z)), T times (new theta sample each step) (§2.3.2)
     loss = MSE^val(f_theta(z')) + beta KL + gamma ||z - sg(z')||^2 + lambda_1 L2   (eq. 6)
 
 Sizes follow the appendix table quoted in LEO_SPEC §5: encoder 3-layer MLP 2 -> 16 -> 16 -> 16,

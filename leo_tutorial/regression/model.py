@@ -205,7 +205,7 @@ class RegressionLEO(nn.Module):
         """f_theta(x): [B, M, 1], [B, P] -> [B, M, 1]."""
         return mlp_forward(x, theta, self.config.hidden)
 
-    # ------------------------------------------------------------------ inner loop (eq. 5)
+    # ------------------------------------------------------------------ inner loop (§2.3.2)
     def leo_inner_loop(self, x: Tensor, y: Tensor, z: Tensor) -> RegressionAdaptation:
         """z' = z - alpha * clip(grad_z MSE(f_theta(z)(x), y)), ``inner_unroll_length`` times.
 
