@@ -27,7 +27,7 @@ class LEOConfig:
     inner_unroll_length: int = 5  # latent-space adaptation steps (0 = conditional generator only)
     finetuning_unroll_length: int = 5  # parameter-space fine-tuning steps (0 = no fine-tuning)
     inner_lr_init: float = 1.0  # initial alpha, learned per latent dimension
-    finetuning_lr_init: float = 0.001  # initial eta, learned per embedding dimension
+    finetuning_lr_init: float = 0.001  # initial alpha_ft (not the paper's eta), per embedding dim
     dropout_rate: float = 0.5  # on the embeddings, meta-training only
     kl_weight: float = 1e-3  # beta
     encoder_penalty_weight: float = 1e-9  # gamma

@@ -6,8 +6,8 @@ flows::
     support_x [B,N,K,D] -> encoder -> relation_network -> average_codes_per_class
         -> possibly_sample -> z [B,N,K,Z]                              (forward_encoder, eq. 3)
     z -> decoder -> possibly_sample -> W [B,N,K,D] -> predict -> loss_fn (forward_decoder, eq. 4)
-    z -> z' = z - alpha * grad_z L^tr, T times                          (leo_inner_loop, eq. 5)
-    W -> W' = W - eta * grad_W L^tr, T' times                           (finetuning_inner_loop)
+    z -> z' = z - alpha * grad_z L^tr (eq. 5), T times  (leo_inner_loop, latent update §2.3.2)
+    W -> W' = W - alpha_ft * grad_W L^tr, T' times                      (finetuning_inner_loop)
     query loss with W' + beta * KL + gamma * penalty + regularisers     (forward, eq. 6-7)
 
 Every tensor carries the task batch first, so one call adapts and evaluates B tasks.
@@ -148,7 +148,8 @@ class LEO(nn.Module):
 
     Parameters (all weights bias-free, Glorot-uniform; LEO_SPEC §2.1): ``g_e`` encoder D -> Z,
     ``g_r`` relation network 2Z -> 2Z -> 2Z -> 2Z (ReLU between, none at the end), ``g_d``
-    decoder Z -> 2D, ``inner_lr`` alpha [Z], ``finetune_lr`` eta [D].
+    decoder Z -> 2D, ``inner_lr`` alpha [Z], ``finetune_lr`` alpha_ft [D]
+    (no symbol in the paper; eta is the outer learning rate).
 
     ``embedding_dim`` (D) and ``n_way`` (N) are fixed at construction: they size the parameters
     and the decoder's std offset sqrt(2 / (D + N)). Any K and any number of queries work.
@@ -191,7 +192,7 @@ class LEO(nn.Module):
 
     # ----------------------------------------------------------------------------- helpers
     def weights(self) -> list[Tensor]:
-        """The five weight matrices (L2-regularised; alpha and eta are not)."""
+        """The five weight matrices (L2-regularised; alpha and alpha_ft are not)."""
         return [
             self.g_e.weight,
             self.g_r[0].weight,
@@ -339,7 +340,10 @@ class LEO(nn.Module):
 
     # ------------------------------------------------------------- adaptation in latent space
     def leo_inner_loop(self, support_x: Tensor, support_y: Tensor, z: Tensor) -> LatentAdaptation:
-        """z' = z - alpha * grad_z sum L^tr(f_theta(z)), ``inner_unroll_length`` times (eq. 5).
+        """z' = z - alpha * grad_z sum L^tr(f_theta(z)), ``inner_unroll_length`` times.
+
+        The latent update is unnumbered in the paper (§2.3.2); L^tr is eq. 5's summed support
+        cross-entropy.
 
         alpha [Z] is learned per latent dimension; every step decodes a fresh weight sample and
         dropout mask; the meta-gradient flows through every step (second order, unless
@@ -376,11 +380,11 @@ class LEO(nn.Module):
     def finetuning_inner_loop(
         self, support_x: Tensor, support_y: Tensor, state: SupportPass
     ) -> tuple[SupportPass, list[Tensor]]:
-        """W' = W - eta * grad_W sum L^tr(W), ``finetuning_unroll_length`` times.
+        """W' = W - alpha_ft * grad_W sum L^tr(W), ``finetuning_unroll_length`` times.
 
-        eta [D] is learned per embedding dimension; starts from the latent loop's last pass
-        (same weight sample, its loss). Returns (last pass, mean support loss per task [B]
-        after each step).
+        alpha_ft [D] (``finetune_lr``; no symbol in the paper, see docs/notation.md) is learned
+        per embedding dimension; starts from the latent loop's last pass (same weight sample,
+        its loss). Returns (last pass, mean support loss per task [B] after each step).
         """
         meta = torch.is_grad_enabled()
         create_graph = meta and not self.config.first_order
@@ -388,7 +392,7 @@ class LEO(nn.Module):
         history = []
         with torch.enable_grad():
             for _ in range(self.config.finetuning_unroll_length):
-                W = W - self.finetune_lr * inner_gradient(loss, W, create_graph)  # eta [D]
+                W = W - self.finetune_lr * inner_gradient(loss, W, create_graph)  # alpha_ft [D]
                 if not meta:
                     W = W.detach().requires_grad_()
                 loss = self.loss_fn(self.predict(support_x, W), support_y)  # [B,N,K]
@@ -409,7 +413,7 @@ class LEO(nn.Module):
         """
         x, y, qx, qy = batch.support_x, batch.support_y, batch.query_x, batch.query_y
         self.check_inputs(x, qx)
-        from . import fast  # the fused meta-step: the same numbers, about twice as fast
+        from . import fast  # the fused meta-step: the same numbers, faster (README)
 
         if fast.applies(self):
             return fast.forward(self, x, y, qx, qy)

@@ -28,11 +28,12 @@ def dropout_mask(
     """Inverted-dropout factors of ``shape``: 0 with probability ``rate``, else 1 / (1 - rate).
 
     None when the (rounded) rate is 0: nothing is drawn. The distribution of ``F.dropout``,
-    drawn about 4x faster on CPU: instead of one ``bernoulli_`` draw per element, every 64-bit
-    random word gives four uniform 16-bit integers, and an element is dropped when its integer
-    falls among the lowest ``round(rate * 2**16)`` of the 2**16 values. So the rate is rounded
-    to a multiple of 2**-16 (an error below 7.7e-6; 0.5 and the other multiples are exact) and
-    the kept elements are scaled by 1 / (1 - rounded rate): E[x * mask] = x holds exactly.
+    drawn 5-7x faster on CPU (measured at [12,5,16,640], 1 thread): instead of one
+    ``bernoulli_`` draw per element, every 64-bit random word gives four uniform 16-bit
+    integers, and an element is dropped when its integer falls among the lowest
+    ``round(rate * 2**16)`` of the 2**16 values. So the rate is rounded to a multiple of 2**-16
+    (an error below 7.7e-6; 0.5 and the other multiples are exact) and the kept elements are
+    scaled by 1 / (1 - rounded rate): E[x * mask] = x holds exactly.
     """
     dropped = min(round(rate * DROPOUT_LEVELS), DROPOUT_LEVELS - 1)
     if dropped == 0:
