@@ -13,7 +13,8 @@ from leo_tutorial import LEO, LEOConfig, TrainConfig, UserError, fast, noise
 from leo_tutorial.config import config_from_dict, config_to_dict
 
 RTOL = 1e-10  # relative to the largest entry of each tensor, in float64
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+DEVICES = ["cpu", pytest.param("cuda", marks=NO_CUDA)]
 
 # Small but every axis > 1 where it can be; rates large enough that every term matters.
 BASE = LEOConfig(
