@@ -29,8 +29,9 @@ to 1e-10 in float64, same seeded noise and dropout) in less time: measured by
 Random draws come from :mod:`leo_tutorial.noise` in the reference's order, so both paths see
 identical noise and dropout masks. The step methods of ``LEO`` are not called: a model whose
 step methods are overridden (a subclass or a monkeypatched instance) runs the reference
-instead (:func:`applies`). Outputs other than the loss terms (trajectories, weights, logits,
-support losses) come back detached; differentiate through them with ``reference=True``.
+instead (:func:`applies`). The loss terms, ``z`` and ``z_trajectory`` are in the autograd
+graph as in the reference; the other outputs (weights, logits, support losses) come back
+detached: differentiate through them with ``reference=True``.
 """
 
 from __future__ import annotations
@@ -309,9 +310,11 @@ def _backward(
     alpha_ft: Tensor,
     k: int,
     second_order: bool,
+    d_codes: list[Tensor | None],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Reverse mode through :func:`_loops`: (dL/dz0, dL/dg_d, dL/dalpha, dL/dalpha_ft) for the
-    cotangent ``d_query_loss`` [B] of the mean query loss per task."""
+    cotangent ``d_query_loss`` [B] of the mean query loss per task and ``d_codes`` [t-1] of the
+    adapted codes z_t [B,N,S,Z], t = 1..T (None where nothing read z_t)."""
     d, z_dim = g_d.shape[0] // 2, g_d.shape[1]
     g_mu, g_u = g_d[:d], g_d[d:]
     d_mu, d_u = torch.zeros_like(g_mu), torch.zeros_like(g_u)  # dL/d g_d, by halves [D, Z]
@@ -345,6 +348,8 @@ def _backward(
     # the latent steps, last first: z_{t+1} = z_t - alpha * grad_t(z_t, g_d)
     d_alpha = torch.zeros_like(alpha)
     for t in reversed(range(len(tape.grads))):
+        if d_codes[t] is not None:  # z_{t+1} read directly (a trajectory output)
+            zeta = zeta + d_codes[t]
         dec, score = tape.decodes[t], tape.scores[t]
         d_alpha -= (zeta * tape.grads[t]).sum(dim=(0, 1, 2))
         if not second_order:
@@ -399,34 +404,47 @@ def _unflatten(tree: object, tensors: tuple[Tensor, ...]) -> object:
 
 
 class _InnerLoops(torch.autograd.Function):
-    """(z0 [B,N,S,Z], g_d.weight, alpha, alpha_ft) -> mean query loss per task [B], with the
-    meta-gradient through all T + T' unrolled steps written by hand (second order unless
-    ``first_order``). The tape is left in ``pb.tape`` for the caller's (detached) outputs."""
+    """(z0 [B,N,S,Z], g_d.weight, alpha, alpha_ft) -> (mean query loss per task [B], the
+    adapted codes z_1..z_T [B,N,S,Z]), with the meta-gradient through all T + T' unrolled steps
+    written by hand (second order unless ``first_order``). The tape is left in ``pb.tape`` for
+    the caller's other (detached) outputs."""
 
     @staticmethod
     def forward(ctx, z0, g_d, alpha, alpha_ft, pb):  # noqa: ANN001
+        ctx.set_materialize_grads(False)  # unread outputs get None, not zeros
         tape = _loops(z0, g_d, alpha, alpha_ft, pb)
         pb.tape = tape
         tensors = [g_d, alpha, alpha_ft, pb.q_onehot]
         ctx.tape = _flatten(tape, tensors)  # the structure; tensors go to save_for_backward
         ctx.save_for_backward(*tensors)
         ctx.k_shot, ctx.second_order = pb.k_shot, pb.second_order
-        return tape.query.loss.mean(dim=1)
+        return (tape.query.loss.mean(dim=1), *[dec.z for dec in tape.decodes[1:]])
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, d_query_loss: Tensor):  # noqa: ANN001
+    def backward(ctx, d_query_loss: Tensor | None, *d_codes: Tensor | None):  # noqa: ANN001
         saved = ctx.saved_tensors
         g_d, alpha, alpha_ft, q_onehot = saved[:4]
         tape = _unflatten(ctx.tape, saved)
+        read_loss = d_query_loss is not None  # else only the codes were read
+        if not read_loss:
+            d_query_loss = tape.query.loss.new_zeros(tape.query.loss.shape[0])
         d_z0, d_g_d, d_alpha, d_alpha_ft = _backward(
-            tape, d_query_loss, q_onehot, g_d, alpha, alpha_ft, ctx.k_shot, ctx.second_order
+            tape,
+            d_query_loss,
+            q_onehot,
+            g_d,
+            alpha,
+            alpha_ft,
+            ctx.k_shot,
+            ctx.second_order,
+            list(d_codes),
         )
         return (
             d_z0,
-            d_g_d,
+            d_g_d if read_loss or ctx.second_order else None,  # first-order codes ignore g_d
             d_alpha if tape.grads else None,  # a rate without steps is unused (as autograd)
-            d_alpha_ft if tape.finetunes else None,
+            d_alpha_ft if tape.finetunes and read_loss else None,  # codes ignore fine-tuning
             None,
         )
 
@@ -494,14 +512,14 @@ def _forward(model: LEO, x: Tensor, y: Tensor, qx: Tensor, qy: Tensor) -> LEOOut
     )
     params = (z0, model.g_d.weight, model.inner_lr, model.finetune_lr)
     if torch.is_grad_enabled():
-        query_loss = _InnerLoops.apply(*params, pb)
+        query_loss, *adapted = _InnerLoops.apply(*params, pb)  # adapted: z_1..z_T, in the graph
         tape = pb.tape
     else:
         tape = _loops(*params, pb)
-        query_loss = tape.query.loss.mean(dim=1)
+        query_loss, adapted = tape.query.loss.mean(dim=1), [dec.z for dec in tape.decodes[1:]]
     pb.tape = None
     # 3. the meta-objective (eq. 6, 7)
-    z_final = tape.decodes[-1].z
+    z_final = adapted[-1] if adapted else z0
     penalty = losses.encoder_penalty(z0, z_final) if model.training else x.new_zeros(b)
     l2, orthogonality = model.regularisers()
     loss = (
@@ -520,8 +538,7 @@ def _forward(model: LEO, x: Tensor, y: Tensor, qx: Tensor, qy: Tensor) -> LEOOut
         orthogonality=orthogonality,
         codes=codes,
         z=z0.expand(b, n, k, -1),
-        z_trajectory=[z0.expand(b, n, k, -1)]
-        + [dec.z.expand(b, n, k, -1) for dec in tape.decodes[1:]],
+        z_trajectory=[z.expand(b, n, k, -1) for z in [z0, *adapted]],
         weights=functools.partial(_slot_weights, model.g_d.weight, tape, k),
         query_logits=query_logits,
         support_losses=[s.loss.mean(dim=1) for s in tape.scores + tape.finetunes],

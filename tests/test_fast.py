@@ -95,6 +95,37 @@ def test_fast_path_gives_the_reference_loss_outputs_and_gradients(ablation, trai
 
 
 @pytest.mark.parametrize("k", [1, 5], ids=["1shot", "5shot"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("ablation", ["leo", "deterministic", "random_prior", "first_order"])
+def test_gradients_through_the_latent_trajectory_equal_the_reference(ablation, training, k):
+    # z and every adapted code z_t stay in the graph on both paths: a loss that reads them
+    # (as notebook 05 does) gets the reference's gradients, through every latent step.
+    config = BASE.replace(**ABLATIONS[ablation])
+    grads = {}
+    for reference in (True, False):
+        torch.manual_seed(0)
+        model = LEO(
+            config.replace(reference=reference), embedding_dim=16, n_way=5, dtype=torch.float64
+        ).train(training)
+        batch = random_batch(b=3, n=5, k=k, v=3, d=16, seed=1)
+        torch.manual_seed(123)
+        out = model(batch)
+        weights = torch.Generator().manual_seed(7)
+        read = sum(
+            (z * torch.randn(z.shape, generator=weights, dtype=z.dtype)).sum()
+            for z in out.z_trajectory
+        )
+        params = dict(model.named_parameters())
+        grads[reference] = torch.autograd.grad(read, list(params.values()), allow_unused=True)
+    for name, g_fast, g_ref in zip(params, grads[False], grads[True], strict=True):
+        if g_ref is None:
+            assert g_fast is None, f"{name} should get no gradient"
+        else:
+            assert_same(g_fast, g_ref, f"d read(z_trajectory) / d {name}")
+    assert any(g is not None and bool(g.abs().sum() > 0) for g in grads[False])
+
+
+@pytest.mark.parametrize("k", [1, 5], ids=["1shot", "5shot"])
 @pytest.mark.parametrize("ablation", ["leo", "random_prior", "generator_only"])
 def test_fast_evaluation_without_gradients_equals_the_reference(ablation, k):
     assert_paths_agree(BASE.replace(**ABLATIONS[ablation]), False, k, grad=False)
