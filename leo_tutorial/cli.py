@@ -564,7 +564,9 @@ def _tune(args: argparse.Namespace) -> int:
             study_name=args.study_name,
         )
         bank = load_bank(spec, log=_log, progress=not args.no_progress)
-        if note := _check_shape_then_note(args, spec, bank, train_config, test=not args.search_only):
+        if note := _check_shape_then_note(
+            args, spec, bank, train_config, test=not args.search_only
+        ):
             _log(note)
         result = run_study(
             study,
