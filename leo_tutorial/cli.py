@@ -46,7 +46,7 @@ _LEO_HELP = {
     "random_prior": "ablation: z ~ N(0, I) instead of the encoder",
     "first_order": "drop second-order terms of the inner loops",
     "reference": "run the plain reference model.py instead of the fused fast path (same "
-    "numbers; measured 1.8-2.4x slower to meta-train, 4-7x slower to evaluate)",
+    "numbers; measured 1.8-2.4x slower to meta-train, 4-8x slower to evaluate)",
 }
 
 # TrainConfig fields -> the flags that set them (the other flags are named after their field).

@@ -4,7 +4,7 @@
 ``torch.autograd.grad``. This module computes the same loss, outputs and meta-gradient (tested
 to 1e-10 in float64, same seeded noise and dropout) in less time: measured by
 ``benchmarks/bench_meta_training.py`` (1 thread, 2-core CPU under load), a meta-step runs
-1.8x (1-shot) and 2.4x (5-shot) as fast as the reference, evaluation 6.9x and 4.4x. It uses:
+1.8x (1-shot) and 2.3-2.4x (5-shot) as fast as the reference, evaluation 4.4-7.8x. It uses:
 
 1. **Hand-written backward passes.** The latent loop, fine-tuning and the query loss are one
    ``torch.autograd.Function``: inner gradients in closed form (d sum CE / d logits = softmax -
