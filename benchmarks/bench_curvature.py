@@ -18,6 +18,16 @@ of ``leo-tutorial compare`` (same steps, validation and model selection; LEO and
     python benchmarks/bench_curvature.py                      # synthetic, 5-way 1-shot
     python benchmarks/bench_curvature.py --shot 5 --out fig4_synthetic_5shot.npz
     python benchmarks/bench_curvature.py --data glyphs
+    python benchmarks/bench_curvature.py --data glyphs-untrained   # the real-image teaching setting
+    python benchmarks/bench_curvature.py --asset     # regenerate notebook 10's shipped arrays
+
+``--asset`` writes ``leo_tutorial/assets/curvature_<data>_<shot>shot.npz`` (float32): the
+statistics of :func:`leo_tutorial.curvature.curvature_statistics` per model plus, per model,
+``test_accuracy`` and (synthetic) the subspace track ``track_steps`` [C], ``track_angles``
+[C, r] (radians), ``track_alignment`` [C], ``track_val_accuracy`` [C], and ``alignment`` (the
+fraction of the preconditioner's output inside the class subspace, mean over classes), and
+``data/mean_direction_energy``: the fraction of the test embeddings' energy along their mean
+direction.
 
 Runs single-threaded on the CPU (about 5 minutes for 1 000 steps); timings depend on the
 machine's load, say so when quoting them.
@@ -30,6 +40,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -43,10 +54,16 @@ from leo_tutorial.compare import fit  # noqa: E402
 from leo_tutorial.config import TrainConfig, preset  # noqa: E402
 from leo_tutorial.data import EpisodeSampler, SyntheticConfig, subspace_basis  # noqa: E402
 from leo_tutorial.runtime import SeedPurpose  # noqa: E402
-from leo_tutorial.sources import glyphs_spec, load_bank, synthetic_spec  # noqa: E402
+from leo_tutorial.sources import (  # noqa: E402
+    glyphs_spec,
+    glyphs_untrained_spec,
+    load_bank,
+    synthetic_spec,
+)
 from leo_tutorial.training import evaluate, train  # noqa: E402
 
 PERCENTILES = (5, 25, 50, 75, 95)
+ASSETS = Path(__file__).resolve().parents[1] / "leo_tutorial" / "assets"
 
 
 def row(name: str, values: np.ndarray) -> str:
@@ -60,16 +77,25 @@ def header(title: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", choices=("synthetic", "glyphs"), default="synthetic")
+    parser.add_argument(
+        "--data", choices=("synthetic", "glyphs", "glyphs-untrained"), default="synthetic"
+    )
     parser.add_argument("--shot", type=int, default=1)
     parser.add_argument("--steps", type=int, default=COMPARE_DEFAULTS["steps"])
     parser.add_argument("--tasks", type=int, default=1000, help="meta-test tasks analysed")
     parser.add_argument("--out", default=None, help="also save the statistics to this .npz")
+    parser.add_argument(
+        "--asset", action="store_true", help="write notebook 10's asset (leo_tutorial/assets)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
 
-    spec = synthetic_spec() if args.data == "synthetic" else glyphs_spec()
+    spec = {
+        "synthetic": synthetic_spec,
+        "glyphs": glyphs_spec,
+        "glyphs-untrained": glyphs_untrained_spec,
+    }[args.data]()
     bank = load_bank(spec, log=lambda _: None, progress=False)
     tc = TrainConfig(
         k_shot=args.shot,
@@ -79,8 +105,13 @@ def main() -> int:
         test_tasks=COMPARE_DEFAULTS["test_tasks"],
     )
     # the presets `--preset auto` picked when the README's numbers were measured (issue 15's
-    # cpu-1shot / cpu-5shot would change them): synthetic for synthetic, the defaults for glyphs
-    leo_config = preset("synthetic" if args.data == "synthetic" else "default")
+    # cpu-1shot / cpu-5shot would change them): synthetic for synthetic, the defaults for glyphs;
+    # the teaching setting's own preset (weak-features, chosen on meta-val) for glyphs-untrained
+    leo_config = preset(
+        {"synthetic": "synthetic", "glyphs": "default", "glyphs-untrained": "weak-features"}[
+            args.data
+        ]
+    )
     basis = subspace_basis(SyntheticConfig()) if args.data == "synthetic" else None
 
     models, trackers, accuracy = {}, {}, {}
@@ -155,6 +186,14 @@ def main() -> int:
     for name in ("LEO", "gen+ft"):
         print(row(name, stats[name]["decoder_gain"]))
 
+    # how much of the test embeddings' energy lies along their common mean direction (the
+    # top N-1 eigenvalues of the Hessian in theta come from it; non-negative ReLU features)
+    embeddings = np.asarray(test_split.embeddings, dtype=np.float64)
+    embeddings = embeddings.reshape(-1, embeddings.shape[-1])
+    mean = embeddings.mean(axis=0) / np.linalg.norm(embeddings.mean(axis=0))
+    mean_energy = float(((embeddings @ mean) ** 2).sum() / (embeddings**2).sum())
+    print(f"test embeddings: {mean_energy:.1%} of their energy along their mean direction")
+
     print(header("Fig. 4c: ||Delta theta|| of each inner step (all steps, all tasks)"))
     for name in ("LEO", "Meta-SGD"):
         print(row(f"{name}, all steps", stats[name]["theta_steps"]))
@@ -221,6 +260,26 @@ def main() -> int:
             f"factored {times['factored']:.4f} s, full {times['full']:.3f} s "
             f"({times['full'] / times['factored']:.0f}x)"
         )
+    if args.asset:
+        asset = {name: dict(values) for name, values in stats.items()}
+        for name in models:
+            asset[name]["test_accuracy"] = np.array(float(accuracy[name].accuracy))
+        if basis is not None:
+            asset["LEO"]["alignment"] = np.array(curvature.subspace_alignment(p_leo, basis))
+            asset["Meta-SGD"]["alignment"] = np.array(np.mean(diag))
+            for name in ("LEO", "gen+ft"):
+                t = trackers[name]
+                asset[name]["track_steps"] = np.array(t.steps)
+                asset[name]["track_angles"] = np.stack(t.angles)
+                asset[name]["track_alignment"] = np.array(t.alignment)
+                asset[name]["track_val_accuracy"] = np.array(t.val_accuracy)
+        asset["data"] = {"mean_direction_energy": np.array(mean_energy)}
+        for values in asset.values():
+            for key, value in values.items():
+                if value.dtype.kind == "f":
+                    values[key] = value.astype(np.float32)
+        path = ASSETS / f"curvature_{args.data}_{args.shot}shot.npz"
+        print(f"saved {curvature.save_statistics(path, asset)}")
     print(f"total {time.perf_counter() - start:.0f} s (load: {os.getloadavg()[0]:.1f})")
     return 0
 

@@ -955,3 +955,65 @@ def _diagnose_encoder_penalty(fn: Callable) -> str | None:
 def check_encoder_penalty(fn: Callable) -> Callable:
     """Notebook 05: ``encoder_penalty(z, z_prime) -> [B]`` with the stop-gradient on z'."""
     return check("encoder_penalty", fn)
+
+
+# ------------------------------------------------------------ 10: curvature and coverage
+def latent_preconditioner_reference(w_mu: Tensor, alpha: Tensor, k_shot: int) -> Tensor:
+    """P = W_mu diag(alpha) W_mu^T / K: w_mu [D, Z], alpha [Z] -> [D, D], the matrix one latent
+    step multiplies grad_{w_n} L^tr by (``curvature.latent_preconditioner``)."""
+    return (w_mu * alpha) @ w_mu.T / k_shot
+
+
+@_exercise(
+    "latent_preconditioner",
+    "10_curvature_and_coverage",
+    "P = W_mu diag(alpha) W_mu^T / K, the preconditioner of one latent step",
+    latent_preconditioner_reference,
+    hints=(
+        "follow the chain rule from the derivation: grad_z = W_mu^T grad_w (per shot copy, "
+        "1/K of the class gradient), the step is alpha times it, and the decoder maps it back "
+        "through W_mu.",
+        "scale the columns of W_mu by alpha (broadcast w_mu * alpha), multiply by W_mu^T on the "
+        "right and divide by k_shot: a [D, D] matrix.",
+        "return (w_mu * alpha) @ w_mu.T / k_shot",
+    ),
+)
+def _diagnose_latent_preconditioner(fn: Callable) -> str | None:
+    generator = torch.Generator().manual_seed(10)
+    for d, z, k in [(6, 3, 2), (4, 5, 3), (5, 2, 1)]:
+        w_mu = _randn(d, z, generator=generator)
+        alpha = torch.rand(z, generator=generator, dtype=_DTYPE) + 0.5
+        alpha[0] = -0.3  # learned rates can be negative
+        ref = latent_preconditioner_reference(w_mu, alpha, k)
+        gram = w_mu @ w_mu.T
+        mistakes = [
+            (
+                "divide by K: each of the K tiled copies of z_n gets 1/K of the class gradient "
+                "(the logits average the K weight slots)",
+                ref * k,
+            ),
+            ("divide by K, do not multiply: the 1/K comes from the shot tiling", ref * k * k),
+            (
+                "alpha has one rate per latent dimension: use diag(alpha), not its mean",
+                gram * alpha.mean() / k,
+            ),
+            ("multiply by the learned rates alpha (diag(alpha) between W_mu and W_mu^T)", gram / k),
+            ("P is the preconditioner itself; the step is -P grad: leave out the minus", -ref),
+        ]
+        if k == 1:
+            mistakes = mistakes[2:]
+        out = fn(w_mu, alpha, k)
+        if isinstance(out, Tensor) and tuple(out.shape) == (z, z) and z != d:
+            return (
+                "P acts on class weights w_n [D]: W_mu diag(alpha) W_mu^T is [D, D]; you built "
+                "a [Z, Z] matrix (W_mu^T ... W_mu)"
+            )
+        problem = _compare(out, ref, mistakes, "P")
+        if problem:
+            return problem
+    return None
+
+
+def check_latent_preconditioner(fn: Callable) -> Callable:
+    """Notebook 10: ``latent_preconditioner(w_mu [D, Z], alpha [Z], k_shot) -> P [D, D]``."""
+    return check("latent_preconditioner", fn)

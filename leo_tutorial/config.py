@@ -19,15 +19,15 @@ from .errors import UserError
 class LEOConfig:
     """Model and outer-loop hyper-parameters (defaults = official ``config.py``, LEO_SPEC §4.1).
 
-    The last four fields switch on the paper's ablations (LEO_SPEC §4.4) and implementation
-    choices that do not change the maths.
+    ``deterministic``, ``random_prior`` and ``first_order`` switch on the paper's ablations
+    (LEO_SPEC §4.4); ``reference`` chooses the implementation, not the maths.
     """
 
     num_latents: int = 64  # Z, size of each latent code z_n
     inner_unroll_length: int = 5  # latent-space adaptation steps (0 = conditional generator only)
     finetuning_unroll_length: int = 5  # parameter-space fine-tuning steps (0 = no fine-tuning)
     inner_lr_init: float = 1.0  # initial alpha, learned per latent dimension
-    finetuning_lr_init: float = 0.001  # initial eta, learned per embedding dimension
+    finetuning_lr_init: float = 0.001  # initial alpha_ft (not the paper's eta), per embedding dim
     dropout_rate: float = 0.5  # on the embeddings, meta-training only
     kl_weight: float = 1e-3  # beta
     encoder_penalty_weight: float = 1e-9  # gamma
@@ -39,7 +39,7 @@ class LEOConfig:
     deterministic: bool = False  # ablation: use means instead of samples while meta-training
     random_prior: bool = False  # ablation: z ~ N(0, I) instead of the data-conditioned encoder
     first_order: bool = False  # drop second-order terms of the inner loops (not the paper's LEO)
-    inner_gradient: str = "analytic"  # "analytic" (fast, exact) or "autograd" (reference)
+    reference: bool = False  # True: the plain model.py path, not the fused fast.py (same maths)
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -65,14 +65,11 @@ class LEOConfig:
             "orthogonality_penalty_weight",
         ):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        need(
-            self.inner_gradient in ("analytic", "autograd"),
-            f"inner_gradient must be 'analytic' or 'autograd', got {self.inner_gradient!r}",
-        )
 
     def replace(self, **changes: Any) -> LEOConfig:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (validated again; the old ``inner_gradient`` key is
+        upgraded as in :func:`config_from_dict`)."""
+        return dataclasses.replace(self, **_upgrade_leo_config(changes))
 
 
 @dataclass(frozen=True)
@@ -257,8 +254,29 @@ def config_to_dict(config: LEOConfig | TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def _upgrade_leo_config(values: dict[str, Any]) -> dict[str, Any]:
+    """Keys of LEOConfig written by older versions, mapped to today's fields.
+
+    ``inner_gradient`` ("analytic": closed-form inner gradients, "autograd": double backward;
+    the same maths) became ``reference``: "autograd" named the reference path.
+    """
+    if "inner_gradient" not in values:
+        return values
+    values = dict(values)
+    old = values.pop("inner_gradient")
+    if old not in ("analytic", "autograd"):
+        raise UserError(f"inner_gradient must be 'analytic' or 'autograd', got {old!r}")
+    values.setdefault("reference", old == "autograd")
+    return values
+
+
 def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Inverse of :func:`config_to_dict`; unknown keys are an error that names them."""
+    """Inverse of :func:`config_to_dict`; unknown keys are an error that names them.
+
+    Older LEOConfig keys are upgraded first (``inner_gradient``, see ``_upgrade_leo_config``).
+    """
+    if cls is LEOConfig:
+        values = _upgrade_leo_config(values)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -1,96 +1,54 @@
-"""LEO for N-way K-shot classification, batched over tasks (LEO_SPEC §2).
+"""LEO for N-way K-shot classification, batched over tasks (LEO_SPEC §2): the reference.
 
-One method per step of the algorithm, in the order the data flows::
+One method per step of the algorithm, with the official method names, in the order the data
+flows::
 
     support_x [B,N,K,D] -> encoder -> relation_network -> average_codes_per_class
-        -> possibly_sample -> z [B,N,K,Z]                              (forward_encoder)
-    z -> decoder -> possibly_sample -> W [B,N,K,D] -> predict -> loss_fn (forward_decoder)
-    z -> z' = z - alpha * grad_z L^tr, T times                          (leo_inner_loop)
-    W -> W' = W - eta * grad_W L^tr, T' times                           (finetuning_inner_loop)
-    query loss with W' + beta * KL + gamma * penalty + regularisers     (forward)
+        -> possibly_sample -> z [B,N,K,Z]                              (forward_encoder, eq. 3)
+    z -> decoder -> possibly_sample -> W [B,N,K,D] -> predict -> loss_fn (forward_decoder, eq. 4)
+    z -> z' = z - alpha * grad_z L^tr (eq. 5), T times  (leo_inner_loop, latent update §2.3.2)
+    W -> W' = W - alpha_ft * grad_W L^tr, T' times                      (finetuning_inner_loop)
+    query loss with W' + beta * KL + gamma * penalty + regularisers     (forward, eq. 6-7)
 
-Every tensor carries the task batch first, so one call adapts and evaluates B tasks with
-tensor operations only. ``model.train()`` gives the official meta-training semantics (sampling,
-dropout, KL, encoder penalty); ``model.eval()`` the evaluation ones (means, no dropout, KL = 0,
-penalty = 0: fully deterministic).
+Every tensor carries the task batch first, so one call adapts and evaluates B tasks.
+``model.train()`` gives the official meta-training semantics (sampling, dropout, KL, encoder
+penalty); ``model.eval()`` the evaluation ones (means, no dropout, KL = 0, penalty = 0).
 
-Inner-loop gradients are computed in closed form by default (``inner_gradient="analytic"``):
-d(sum CE)/dlogits = softmax - onehot, pushed back through the linear classifier, the sampling
-and the decoder with ordinary differentiable operations. Autograd then differentiates *through*
-these expressions, which gives the exact second-order meta-gradient without double backward;
-``inner_gradient="autograd"`` computes the same numbers with ``torch.autograd.grad``.
+This file is written to be read: plain tensor code and ``torch.autograd.grad`` in the inner
+loops, as in the official code. ``forward`` runs the same maths through the fused meta-step of
+:mod:`leo_tutorial.fast` unless ``LEOConfig(reference=True)`` (or a step method is overridden);
+the tests hold the two paths to the same loss and gradients.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import losses
+from . import losses, noise
 from .config import LEOConfig
 from .errors import UserError
 
 STD_FLOOR = 1e-10  # official lower bound on every standard deviation
-DROPOUT_LEVELS = 2**16  # dropout keep probabilities are multiples of 1 / DROPOUT_LEVELS
-
-
-def inverted_dropout(x: Tensor, rate: float) -> Tensor:
-    """Zero each element of x with probability ``rate`` and scale the rest by 1 / (1 - rate).
-
-    Same distribution as ``F.dropout(x, rate)``, about 4x faster on CPU: instead of one
-    ``bernoulli_`` draw per element, every 64-bit random word gives four uniform 16-bit
-    integers, and an element is dropped when its integer falls among the lowest
-    ``round(rate * 2**16)`` of the 2**16 values. So the rate is rounded to a multiple of 2**-16
-    (an error below 7.7e-6; 0.5 and the other multiples are exact) and the kept elements are
-    scaled by 1 / (1 - rounded rate): E[inverted_dropout(x)] = x holds exactly.
-    """
-    dropped = min(round(rate * DROPOUT_LEVELS), DROPOUT_LEVELS - 1)
-    if dropped == 0:
-        return x
-    n = x.numel()
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
-    bits = words.random_(-(2**63), None).view(torch.int16)  # uniform int16, n rounded up to 4
-    # keep = 1.0 where bits >= dropped - 2**15, else 0.0: bits are integers, so clamping
-    # bits - (threshold - 1) to [0, 1] gives exactly 0 or 1 (faster than a bool mask on CPU).
-    keep = bits.to(x.dtype).sub_(dropped - DROPOUT_LEVELS // 2 - 1).clamp_(0, 1)
-    keep = keep if keep.numel() == n else keep[:n]
-    return (x * keep.view(x.shape)).mul_(DROPOUT_LEVELS / (DROPOUT_LEVELS - dropped))
 
 
 def floored_std(u: Tensor, stddev_offset: float) -> tuple[Tensor, Tensor]:
-    """(std = max(exp(u) - (1 - offset), 1e-10), exp(u)), elementwise (LEO_SPEC §2.3).
-
-    ``F.threshold(v, c, c)`` is max(v, c), with a one-kernel backward (clamp's takes two).
-    """
+    """(std = max(exp(u) - (1 - offset), 1e-10), exp(u)), elementwise (LEO_SPEC §2.3)."""
     exp_u = torch.exp(u)
-    return F.threshold(exp_u - (1.0 - stddev_offset), STD_FLOOR, STD_FLOOR), exp_u
-
-
-def mean_over_shots(W: Tensor) -> Tensor:
-    """[B,N,K,D] -> [B,N,D]; for K = 1 a view (the same numbers, without a reduction kernel)."""
-    return W.squeeze(2) if W.shape[2] == 1 else W.mean(dim=2)
+    return torch.clamp(exp_u - (1.0 - stddev_offset), min=STD_FLOOR), exp_u
 
 
 @dataclass
 class SupportPass:
-    """One evaluation of the support loss for classifier weights W (internal bookkeeping).
-
-    loss [B,N,K] per example; W [B,N,K,D]; for the analytic gradient also the logits
-    [B,N,K,N], the (dropped-out) inputs [B,N,K,D] behind them and dW/du [B,N,K,D] of the
-    sampling step (None when W are means).
-    """
+    """Classifier weights W [B,N,K,D] and their support loss per example [B,N,K] (the
+    official ``(tr_loss, classifier_weights)`` pair that fine-tuning starts from)."""
 
     loss: Tensor
     W: Tensor
-    labels: Tensor
-    logits: Tensor | None = None
-    x: Tensor | None = None
-    dW_du: Tensor | None = None
 
 
 @dataclass
@@ -113,10 +71,11 @@ class LEOOutput:
     loss: scalar meta-loss; query_loss, query_accuracy, kl, encoder_penalty: [B];
     l2, orthogonality: unweighted scalars; codes [B,N,K,2Z] (relation-net output, averaged per
     class: the parameters of q(z|D^tr)); z [B,N,K,Z]; z_trajectory: T+1 tensors [B,N,K,Z];
-    w_init, w_adapted (after the latent loop), w [B,N,K,D] (after fine-tuning); w_trajectory:
-    the T+1 weight samples decoded along the latent loop [B,N,K,D];
-    support_losses: mean support loss per task [B] before and after every inner and fine-tuning
-    step; query_logits [B,N,V,N].
+    query_logits [B,N,V,N]; support_losses: mean support loss per task [B] before and after
+    every inner and fine-tuning step; weights: the T+1 weight samples decoded along the latent
+    loop, then the fine-tuned weights, [B,N,K,D] each (or a function that computes them, called
+    on first use), read as w_trajectory (the first T+1), w_init, w_adapted (after the latent
+    loop) and w (after fine-tuning).
     """
 
     loss: Tensor
@@ -129,12 +88,30 @@ class LEOOutput:
     codes: Tensor
     z: Tensor
     z_trajectory: list[Tensor]
-    w_init: Tensor
-    w_trajectory: list[Tensor]
-    w_adapted: Tensor
-    w: Tensor
     query_logits: Tensor
     support_losses: list[Tensor] = field(default_factory=list)
+    weights: list[Tensor] | Callable[[], list[Tensor]] = field(default_factory=list, repr=False)
+
+    def _weights(self) -> list[Tensor]:
+        if callable(self.weights):
+            self.weights = self.weights()  # computed on first use
+        return self.weights
+
+    @property
+    def w_trajectory(self) -> list[Tensor]:
+        return self._weights()[:-1]
+
+    @property
+    def w_init(self) -> Tensor:
+        return self._weights()[0]
+
+    @property
+    def w_adapted(self) -> Tensor:
+        return self._weights()[-2]
+
+    @property
+    def w(self) -> Tensor:
+        return self._weights()[-1]
 
     def training_metrics(self) -> dict[str, float]:
         """What the training loop logs for this step: means over the batch's tasks."""
@@ -146,16 +123,42 @@ class LEOOutput:
         }
         return {name: t.detach().mean().item() for name, t in terms.items()}
 
+    def detach(self) -> LEOOutput:
+        """The same output with every tensor detached from the autograd graph."""
+        return LEOOutput(
+            **{
+                f.name: [t.detach() for t in value] if isinstance(value, list) else value.detach()
+                for f in fields(self)
+                for value in [self._weights() if f.name == "weights" else getattr(self, f.name)]
+            }
+        )
+
+
+def inner_gradient(loss: Tensor, wrt: Tensor, create_graph: bool) -> Tensor:
+    """d(sum of ``loss``)/d ``wrt`` (the official ``tf.gradients`` of the per-example loss).
+
+    ``create_graph=True`` keeps it differentiable: the meta-gradient is then second order.
+    """
+    (grad,) = torch.autograd.grad(loss.sum(), wrt, create_graph=create_graph)
+    return grad
+
 
 class LEO(nn.Module):
     """Latent Embedding Optimization (Rusu et al., 2019), faithful to the official code.
 
     Parameters (all weights bias-free, Glorot-uniform; LEO_SPEC §2.1): ``g_e`` encoder D -> Z,
     ``g_r`` relation network 2Z -> 2Z -> 2Z -> 2Z (ReLU between, none at the end), ``g_d``
-    decoder Z -> 2D, ``inner_lr`` alpha [Z], ``finetune_lr`` eta [D].
+    decoder Z -> 2D, ``inner_lr`` alpha [Z], ``finetune_lr`` alpha_ft [D]
+    (no symbol in the paper; eta is the outer learning rate).
 
     ``embedding_dim`` (D) and ``n_way`` (N) are fixed at construction: they size the parameters
     and the decoder's std offset sqrt(2 / (D + N)). Any K and any number of queries work.
+
+    Example::
+
+        model = LEO(LEOConfig(), embedding_dim=640, n_way=5).train()
+        out = model(batch)                # batch: a TaskBatch of B tasks
+        out.loss.backward()               # second-order meta-gradient of eq. 6
     """
 
     def __init__(
@@ -189,7 +192,7 @@ class LEO(nn.Module):
 
     # ----------------------------------------------------------------------------- helpers
     def weights(self) -> list[Tensor]:
-        """The five weight matrices (L2-regularised; alpha and eta are not)."""
+        """The five weight matrices (L2-regularised; alpha and alpha_ft are not)."""
         return [
             self.g_e.weight,
             self.g_r[0].weight,
@@ -209,8 +212,9 @@ class LEO(nn.Module):
         return self.training and not self.config.deterministic
 
     def dropout(self, x: Tensor) -> Tensor:
-        """Dropout on embeddings, meta-training only (fresh mask every call)."""
-        return inverted_dropout(x, self.config.dropout_rate) if self.training else x
+        """Dropout on embeddings, meta-training only (a fresh mask every call; masks are drawn
+        by :func:`leo_tutorial.noise.dropout_mask`)."""
+        return noise.dropout(x, self.config.dropout_rate) if self.training else x
 
     def check_inputs(self, support_x: Tensor, *others: Tensor) -> None:
         """Clear errors for tensors that do not fit this model."""
@@ -244,19 +248,15 @@ class LEO(nn.Module):
     def relation_network(self, h: Tensor) -> Tensor:
         """g_r on all (N K)^2 ordered pairs of codes, averaged over j: [B,N,K,Z] -> [B,N,K,2Z].
 
-        Pair input = concat(h_i, h_j), self-pairs and cross-class pairs included (eq. 3 before
-        the per-class mean). Computed without materialising the concatenation: the first layer
-        splits into W_left h_i + W_right h_j, and the mean over j moves before the last, linear
-        layer (both exact).
+        Pair (i, j) is concat(h_i, h_j), self-pairs and cross-class pairs included (eq. 3
+        before the per-class mean).
         """
         b, n, k, z = h.shape
-        codes = h.reshape(b, n * k, z)
-        first, second, last = self.g_r[0].weight, self.g_r[2].weight, self.g_r[4].weight
-        left = codes @ first[:, :z].T  # [B, M, 2Z], contribution of h_i
-        right = codes @ first[:, z:].T  # [B, M, 2Z], contribution of h_j
-        pairs = torch.relu(left[:, :, None, :] + right[:, None, :, :])  # [B, M(i), M(j), 2Z]
-        pairs = torch.relu(pairs @ second.T)
-        return (pairs.mean(dim=2) @ last.T).reshape(b, n, k, 2 * z)
+        codes = h.reshape(b, n * k, z)  # [B, M, Z], M = N K
+        left = codes[:, :, None, :].expand(b, n * k, n * k, z)  # h_i: [B, M, M, Z]
+        right = codes[:, None, :, :].expand(b, n * k, n * k, z)  # h_j: [B, M, M, Z]
+        pairs = self.g_r(torch.cat([left, right], dim=-1))  # [B, M, M, 2Z]
+        return pairs.mean(dim=2).reshape(b, n, k, 2 * z)  # mean over j
 
     @staticmethod
     def average_codes_per_class(codes: Tensor) -> Tensor:
@@ -274,37 +274,20 @@ class LEO(nn.Module):
         std, _ = floored_std(u, stddev_offset)
         return mean, std, u
 
-    def _sample(
-        self, params: Tensor, stddev_offset: float, with_kl: bool = True
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """(value, kl [B] or None when not ``with_kl``, d value / d u or None).
-
-        See :meth:`possibly_sample`; the decoder skips the KL nobody uses.
-        """
-        mean, u = params.chunk(2, dim=-1)
-        std, exp_u = floored_std(u, stddev_offset)
-        if not self.sampling:
-            return mean, mean.new_zeros(mean.shape[0]) if with_kl else None, None
-        noise = torch.randn_like(std)
-        sample = torch.addcmul(mean, std, noise)  # mean + std * noise
-        kl = losses.kl_estimate(sample, mean, std) if with_kl else None
-        # d sample / du = noise * d std / du = noise * exp(u) above the floor, 0 on it; the
-        # mask sign(std - 1e-10) is exactly 1 or 0 and piecewise constant (no graph needed).
-        with torch.no_grad():
-            noise_above_floor = noise * torch.sign(std - STD_FLOOR)
-        return sample, kl, exp_u * noise_above_floor
-
     def possibly_sample(self, params: Tensor, stddev_offset: float = 0.0) -> tuple[Tensor, Tensor]:
         """Reparameterised sample of N(mean, std^2) and its one-sample KL to N(0, I) per task.
 
         params [B,...,2C] -> (value [B,...,C], kl [B]). Sampling only in meta-training (and not
         in the deterministic ablation); otherwise (mean, 0).
         """
-        value, kl, _ = self._sample(params, stddev_offset)
-        return value, kl  # type: ignore[return-value]
+        mean, std, _ = self.gaussian_params(params, stddev_offset)
+        if not self.sampling:
+            return mean, mean.new_zeros(mean.shape[0])
+        sample = mean + std * torch.randn_like(std)  # pathwise gradients
+        return sample, losses.kl_estimate(sample, mean, std)
 
     def forward_encoder(self, support_x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """z ~ q(z | D^tr) = N(mu^n, sigma^n) (eq. 3): [B,N,K,D] -> (z [B,N,K,Z], kl [B],
+        """z ~ q(z | D^tr) = N(mu^e, sigma^e) (eq. 3): [B,N,K,D] -> (z [B,N,K,Z], kl [B],
         codes [B,N,K,2Z]).
 
         With the random-prior ablation, z ~ N(0, I) (zeros at evaluation) and the encoder is
@@ -336,33 +319,13 @@ class LEO(nn.Module):
 
     @staticmethod
     def _logits(x: Tensor, W: Tensor) -> Tensor:
-        # einsum("bijd,bld->bijl", x, W.mean(2)) as one bmm (einsum and @ add several ops),
-        # computed as (W x^T)^T: on CPU that bmm and its backward are faster than x W^T's.
-        b, n, k, d = x.shape
-        logits_t = torch.bmm(mean_over_shots(W), x.reshape(b, n * k, d).transpose(1, 2))
-        return logits_t.transpose(1, 2).contiguous().view(b, n, k, -1)
+        """<x_{b,i,j}, mean_m W_{b,l,m}>: [B,N,Kx,D], [B,N,K,D] -> [B,N,Kx,N] (no dropout)."""
+        return torch.einsum("bijd,bld->bijl", x, W.mean(dim=2))
 
     @staticmethod
     def loss_fn(logits: Tensor, labels: Tensor) -> Tensor:
         """Softmax cross-entropy per example: [B,N,Kx,N], [B,N,Kx] -> [B,N,Kx]."""
         return losses.cross_entropy(logits, labels)
-
-    def _support_pass(
-        self, x: Tensor, y: Tensor, W: Tensor, dW_du: Tensor | None = None
-    ) -> SupportPass:
-        if self.config.inner_gradient == "autograd":
-            return SupportPass(self.loss_fn(self.predict(x, W), y), W, y)
-        x = self.dropout(x)
-        logits = self._logits(x, W)
-        return SupportPass(self.loss_fn(logits, y), W, y, logits, x, dW_du)
-
-    def _decode(self, z: Tensor, x: Tensor, y: Tensor) -> SupportPass:
-        params = self.decoder(z)
-        if self.config.inner_gradient == "autograd":
-            W, _ = self.possibly_sample(params, self.decoder_stddev_offset)
-            return self._support_pass(x, y, W)
-        W, _, dW_du = self._sample(params, self.decoder_stddev_offset, with_kl=False)
-        return self._support_pass(x, y, W, dW_du)
 
     def forward_decoder(
         self, z: Tensor, support_x: Tensor, support_y: Tensor
@@ -372,103 +335,69 @@ class LEO(nn.Module):
         Returns (support loss per example [B,N,K], W [B,N,K,D]). The decoder's own KL is not
         used (as in the official code).
         """
-        state = self._decode(z, support_x, support_y)
-        return state.loss, state.W
+        W, _ = self.possibly_sample(self.decoder(z), self.decoder_stddev_offset)  # [B,N,K,D]
+        return self.loss_fn(self.predict(support_x, W), support_y), W
 
-    # --------------------------------------------------------------------- inner gradients
-    def _gradient(self, state: SupportPass, wrt: Tensor, create_graph: bool) -> Tensor:
-        """d(sum of support CE)/d``wrt``, where ``wrt`` is the z or the W behind ``state``.
-
-        Analytic: dL/dW for each of the K weight samples of a class is 1/K of the class
-        gradient (the logits average them); for z it continues through the sampling step
-        (dW/du) and the linear decoder.
-        """
-        if self.config.inner_gradient == "autograd":
-            (grad,) = torch.autograd.grad(state.loss.sum(), wrt, create_graph=create_graph)
-            return grad
-        g_logits = losses.cross_entropy_grad(state.logits, state.labels)  # [B, N, Kx, N]
-        b, n, k, d = state.W.shape
-        # einsum("bijl,bijd->bld", g_logits, x) as one bmm: [B, N, D]
-        g_class = torch.bmm(g_logits.reshape(b, -1, n).transpose(1, 2), state.x.reshape(b, -1, d))
-        grad = (g_class / k if k > 1 else g_class).unsqueeze(2)  # [B,N,1,D], same for all K
-        if wrt is state.W:
-            grad = grad.expand_as(state.W)
-        else:  # chain rule back to z through params = [mean, u] = z @ g_d.weight.T
-            w_mean, w_u = self.g_d.weight.split(d)  # [D, Z] each
-            grad_mean = grad @ w_mean  # [B, N, 1, Z]: the mean half, shared by the K samples
-            if state.dW_du is None:  # W are the means
-                grad = grad_mean.expand_as(wrt)
-            else:  # + the u half, through W = mean + std(u) * noise: [B, N, K, Z]
-                grad = grad_mean + (grad * state.dW_du) @ w_u
-        return grad if create_graph else grad.detach()
-
-    def _inner_context(self) -> tuple[contextlib.AbstractContextManager, bool]:
-        """(context to run an inner loop in, whether a meta-gradient graph is being built).
-
-        Under ``torch.no_grad()`` (evaluation) no graph is built; the autograd reference path
-        still needs gradients locally, so it runs under ``enable_grad`` on detached leaves.
-        """
-        meta = torch.is_grad_enabled()
-        if self.config.inner_gradient == "autograd":
-            return torch.enable_grad(), meta
-        return contextlib.nullcontext(), meta
-
-    def _leaf(self, t: Tensor, meta: bool) -> Tensor:
-        """Autograd path only: make ``t`` a leaf when no meta-gradient flows through it."""
-        if self.config.inner_gradient == "autograd" and (not meta or not t.requires_grad):
-            return t.detach().requires_grad_()
-        return t
-
-    # ------------------------------------------------------------------ adaptation in latent space
+    # ------------------------------------------------------------- adaptation in latent space
     def leo_inner_loop(self, support_x: Tensor, support_y: Tensor, z: Tensor) -> LatentAdaptation:
         """z' = z - alpha * grad_z sum L^tr(f_theta(z)), ``inner_unroll_length`` times.
+
+        The latent update is unnumbered in the paper (§2.3.2); L^tr is eq. 5's summed support
+        cross-entropy.
 
         alpha [Z] is learned per latent dimension; every step decodes a fresh weight sample and
         dropout mask; the meta-gradient flows through every step (second order, unless
         ``first_order``). The encoder penalty mean((z - stopgrad(z'))^2) is 0 at evaluation.
+        Under ``torch.no_grad()`` the steps still take gradients, each on a detached z, and the
+        trajectories come back detached.
         """
-        context, meta = self._inner_context()
+        meta = torch.is_grad_enabled()  # building a meta-gradient graph?
         create_graph = meta and not self.config.first_order
-        with context:
-            z = self._leaf(z, meta)
-            trajectory, states = [z], [self._decode(z, support_x, support_y)]
+        with torch.enable_grad():
+            if not (meta and z.requires_grad):
+                z = z.detach().requires_grad_()
+            loss, W = self.forward_decoder(z, support_x, support_y)  # [B,N,K], [B,N,K,D]
+            zs, ws, support_losses = [z], [W], [loss]
             for _ in range(self.config.inner_unroll_length):
-                grad = self._gradient(states[-1], z, create_graph)
-                z = self._leaf(z - self.inner_lr * grad, meta)
-                trajectory.append(z)
-                states.append(self._decode(z, support_x, support_y))
-        penalty = (
-            losses.encoder_penalty(trajectory[0], z) if self.training else z.new_zeros(z.shape[0])
-        )
+                grad = inner_gradient(loss, z, create_graph)  # [B,N,K,Z]
+                z = z - self.inner_lr * grad  # alpha [Z] broadcasts
+                if not meta:
+                    z = z.detach().requires_grad_()
+                loss, W = self.forward_decoder(z, support_x, support_y)
+                zs.append(z)
+                ws.append(W)
+                support_losses.append(loss)
+        penalty = losses.encoder_penalty(zs[0], z) if self.training else z.new_zeros(z.shape[0])
+        keep = (lambda t: t) if meta else Tensor.detach
         return LatentAdaptation(
-            states[-1],
-            trajectory,
-            [s.W for s in states],
-            [s.loss.flatten(1).mean(1) for s in states],
-            penalty,
+            SupportPass(loss, W),  # keeps its graph: fine-tuning differentiates loss w.r.t. W
+            [keep(t) for t in zs],
+            [keep(t) for t in ws],
+            [keep(t.flatten(1).mean(1)) for t in support_losses],
+            keep(penalty),
         )
 
     def finetuning_inner_loop(
         self, support_x: Tensor, support_y: Tensor, state: SupportPass
     ) -> tuple[SupportPass, list[Tensor]]:
-        """W' = W - eta * grad_W sum L^tr(W), ``finetuning_unroll_length`` times.
+        """W' = W - alpha_ft * grad_W sum L^tr(W), ``finetuning_unroll_length`` times.
 
-        eta [D] is learned per embedding dimension; starts from the latent loop's last pass
-        (same weight sample). Returns (last pass, mean support loss per task [B] after each step).
+        alpha_ft [D] (``finetune_lr``; no symbol in the paper, see docs/notation.md) is learned
+        per embedding dimension; starts from the latent loop's last pass (same weight sample,
+        its loss). Returns (last pass, mean support loss per task [B] after each step).
         """
-        context, meta = self._inner_context()
+        meta = torch.is_grad_enabled()
         create_graph = meta and not self.config.first_order
+        loss, W = state.loss, state.W
         history = []
-        with context:
+        with torch.enable_grad():
             for _ in range(self.config.finetuning_unroll_length):
-                W = state.W
-                leaf = self._leaf(W, meta)
-                if leaf is not W:  # autograd path without a graph into W: re-score on a leaf
-                    W, state = leaf, self._support_pass(support_x, support_y, leaf)
-                W = W - self.finetune_lr * self._gradient(state, W, create_graph)
-                state = self._support_pass(support_x, support_y, W)
-                history.append(state.loss.flatten(1).mean(1))
-        return state, history
+                W = W - self.finetune_lr * inner_gradient(loss, W, create_graph)  # alpha_ft [D]
+                if not meta:
+                    W = W.detach().requires_grad_()
+                loss = self.loss_fn(self.predict(support_x, W), support_y)  # [B,N,K]
+                history.append(loss.flatten(1).mean(1))
+        return SupportPass(loss, W), history if meta else [t.detach() for t in history]
 
     # --------------------------------------------------------------------- meta-objective
     def regularisers(self) -> tuple[Tensor, Tensor]:
@@ -476,19 +405,23 @@ class LEO(nn.Module):
         return losses.l2_penalty(self.weights()), losses.orthogonality_penalty(self.g_d.weight.T)
 
     def forward(self, batch) -> LEOOutput:  # noqa: ANN001 (any object with the four fields)
-        """Adapt to every task of ``batch`` and score its query set (meta-objective, LEO_SPEC §2.7).
+        """Adapt to every task of ``batch`` and score its query set (meta-objective, eq. 6).
 
         ``batch`` has support_x [B,N,K,D], support_y [B,N,K], query_x [B,N,V,D], query_y [B,N,V]
         (a :class:`leo_tutorial.data.TaskBatch`). The meta-loss is the mean over tasks of
-        L^val + beta KL + gamma penalty, plus lambda_1 L2 + lambda_2 orthogonality.
+        L^val + beta KL + gamma penalty, plus lambda_1 L2 + lambda_2 orthogonality (eq. 7).
         """
         x, y, qx, qy = batch.support_x, batch.support_y, batch.query_x, batch.query_y
         self.check_inputs(x, qx)
+        from . import fast  # the fused meta-step: the same numbers, faster (README)
+
+        if fast.applies(self):
+            return fast.forward(self, x, y, qx, qy)
         z, kl, codes = self.forward_encoder(x)
         latent = self.leo_inner_loop(x, y, z)
         state, history = self.finetuning_inner_loop(x, y, latent.state)
-        query_logits = self.predict(qx, state.W)
-        query_loss = self.loss_fn(query_logits, qy).flatten(1).mean(1)
+        query_logits = self.predict(qx, state.W)  # [B,N,V,N]
+        query_loss = self.loss_fn(query_logits, qy).flatten(1).mean(1)  # [B]
         l2, orthogonality = self.regularisers()
         c, penalty = self.config, latent.encoder_penalty
         loss = (
@@ -496,7 +429,7 @@ class LEO(nn.Module):
             + c.l2_penalty_weight * l2
             + c.orthogonality_penalty_weight * orthogonality
         )
-        return LEOOutput(
+        out = LEOOutput(
             loss=loss,
             query_loss=query_loss,
             query_accuracy=losses.accuracy(query_logits, qy),
@@ -507,10 +440,8 @@ class LEO(nn.Module):
             codes=codes,
             z=latent.z_trajectory[0],
             z_trajectory=latent.z_trajectory,
-            w_init=latent.w_trajectory[0],
-            w_trajectory=latent.w_trajectory,
-            w_adapted=latent.state.W,
-            w=state.W,
             query_logits=query_logits,
             support_losses=latent.support_losses + history,
+            weights=latent.w_trajectory + [state.W],
         )
+        return out if torch.is_grad_enabled() else out.detach()

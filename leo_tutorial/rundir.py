@@ -104,6 +104,9 @@ def steps_done(run_dir: str | Path) -> int | None:
 
 def check_resume(saved: dict[str, Any], record: dict[str, Any]) -> None:
     """A resumed run must be the same run; only the number of steps may grow."""
+    # compare today's form of the saved model settings (older keys upgraded, e.g. inner_gradient)
+    upgraded = config_to_dict(config_from_dict(LEOConfig, saved["leo_config"]))
+    saved = {**saved, "leo_config": upgraded}
     differences = []
     for section in ("train_config", "data", "leo_config"):  # a changed --shot before its preset
         for key in sorted(set(saved[section]) | set(record[section])):

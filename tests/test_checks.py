@@ -118,6 +118,10 @@ def encoder_penalty(z, z_prime):
     return ((z - z_prime.detach()) ** 2).flatten(1).mean(dim=1)
 
 
+def latent_preconditioner(w_mu, alpha, k_shot):  # notebook 10
+    return w_mu @ torch.diag(alpha) @ w_mu.T / k_shot
+
+
 SOLUTIONS = {
     "maml_inner_step": maml_step,
     "official_std": official_std,
@@ -128,6 +132,7 @@ SOLUTIONS = {
     "latent_step": latent_step,
     "kl_one_sample": kl_one_sample,
     "encoder_penalty": encoder_penalty,
+    "latent_preconditioner": latent_preconditioner,
 }
 
 
@@ -314,6 +319,13 @@ WRONG = [
         "absolute values",
     ),
     ("encoder_penalty", lambda z, zp: encoder_penalty(z, zp).mean(), "task axis"),
+    ("latent_preconditioner", lambda w, a, k: w @ torch.diag(a) @ w.T, "divide by K"),
+    ("latent_preconditioner", lambda w, a, k: (w * a) @ w.T * k, "do not multiply"),
+    ("latent_preconditioner", lambda w, a, k: w @ w.T * a.mean() / k, "not its mean"),
+    ("latent_preconditioner", lambda w, a, k: w @ w.T / k, "learned rates"),
+    ("latent_preconditioner", lambda w, a, k: -(w * a) @ w.T / k, "leave out the minus"),
+    ("latent_preconditioner", lambda w, a, k: (w.T @ w) * a / k, "[Z, Z]"),
+    ("latent_preconditioner", lambda w, a, k: (w * a) @ w.T / k**2, "away from the reference"),
 ]
 
 
@@ -482,3 +494,14 @@ def test_latent_step_reference_is_autograd_to_second_order():
             assert g_mine is None
         else:
             torch.testing.assert_close(g_ref, g_mine)
+
+
+def test_latent_preconditioner_reference_is_the_curvature_modules():
+    from leo_tutorial import curvature
+
+    model = LEO(LEOConfig(num_latents=3), embedding_dim=7, n_way=2, dtype=torch.float64)
+    w_mu = curvature.decoder_mean(model).detach()
+    for k in (1, 4):
+        expected = curvature.latent_preconditioner(model, k).detach()
+        got = checks.latent_preconditioner_reference(w_mu, model.inner_lr.detach(), k)
+        assert torch.allclose(got, expected, rtol=1e-12, atol=1e-14)

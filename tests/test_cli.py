@@ -87,6 +87,14 @@ def test_console_script_is_installed_and_runs(tmp_path):
     assert exe.returncode == 0 and "train" in exe.stdout and "evaluate" in exe.stdout
 
 
+@pytest.mark.parametrize("command", ["train", "compare", "tune"])
+def test_help_shows_defaults_but_not_none(command, capsys):
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text
+    assert "(default: 5)" in text  # --way keeps its default
+
+
 @pytest.mark.slow
 def test_resume_through_the_cli_equals_one_long_run(tmp_path, capsys):
     args = [

@@ -226,11 +226,9 @@ def test_meta_sgd_at_zero_init_with_orthonormal_embeddings_has_a_flat_spectrum_o
 
 # ------------------------------------------------------------------------------ step sizes
 @pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("inner_gradient", ["analytic", "autograd"])
-def test_one_latent_step_is_a_theta_step_preconditioned_by_w_mu_alpha_w_mu_t_over_k(
-    k, inner_gradient
-):
-    model = random_leo(inner_gradient=inner_gradient)
+@pytest.mark.parametrize("reference", [False, True])  # the fused fast path and plain model.py
+def test_one_latent_step_is_a_theta_step_preconditioned_by_w_mu_alpha_w_mu_t_over_k(k, reference):
+    model = random_leo(reference=reference)
     batch = random_batch(b=3, k=k)
     path = curvature.theta_trajectory(model, batch)
     assert path.shape == (3, 3, 5, 12)

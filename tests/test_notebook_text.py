@@ -26,6 +26,7 @@ CHECKED = [
     "07_ablations_and_baselines",
     "08_latent_space",
     "09_regression_uncertainty",
+    "10_curvature_and_coverage",
 ]
 DOCUMENTS = [
     "notebooks/README.md",
