@@ -335,7 +335,8 @@ def plot_training_curves(
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     loss_ax, acc_ax = axes
-    train = [h for h in history.get("train", []) if np.isfinite(h["loss"])]
+    # a log window holding a skipped (non-finite) update has loss NaN, or None once in JSON
+    train = [h for h in history.get("train", []) if h["loss"] is not None and np.isfinite(h["loss"])]
     val = history.get("val", [])
     if train:
         steps = [h["step"] + 1 for h in train]

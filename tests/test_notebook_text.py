@@ -3,7 +3,6 @@ docs/LEO_SPEC.md §11), the link to the notation table, and the form of the "Pap
 (notebooks/README.md, "Conventions every notebook follows").
 
 Each forbidden pattern below is a mistake the notebooks once made; the test keeps it out.
-Notebook 06 is being rebuilt under issue 13 and joins the list when that lands.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ CHECKED = [
     "03_decoder",
     "04_inner_loop",
     "05_meta_objective",
+    "06_training",
     "07_ablations_and_baselines",
     "08_latent_space",
     "09_regression_uncertainty",
