@@ -336,7 +336,9 @@ def plot_training_curves(
         _, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     loss_ax, acc_ax = axes
     # a log window holding a skipped (non-finite) update has loss NaN, or None once in JSON
-    train = [h for h in history.get("train", []) if h["loss"] is not None and np.isfinite(h["loss"])]
+    train = [
+        h for h in history.get("train", []) if h["loss"] is not None and np.isfinite(h["loss"])
+    ]
     val = history.get("val", [])
     if train:
         steps = [h["step"] + 1 for h in train]
