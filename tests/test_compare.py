@@ -11,7 +11,6 @@ from leo_tutorial import compare
 from leo_tutorial.baselines import Baseline, BaselineConfig, NearestCentroid
 from leo_tutorial.cli import main
 from leo_tutorial.config import TrainConfig, preset
-from leo_tutorial.data import SyntheticConfig, make_synthetic_bank
 from leo_tutorial.errors import UserError
 from leo_tutorial.model import LEO
 from leo_tutorial.training import evaluate_split, train
@@ -31,17 +30,8 @@ TINY = TrainConfig(
 
 
 @pytest.fixture(scope="module")
-def bank():
-    return make_synthetic_bank(
-        SyntheticConfig(
-            n_train_classes=12,
-            n_val_classes=6,
-            n_test_classes=6,
-            images_per_class=12,
-            dim=32,
-            subspace_dim=4,
-        )
-    )
+def bank(tiny_bank):
+    return tiny_bank
 
 
 def test_parse_methods_accepts_any_case_and_order_and_names_the_valid_ones():

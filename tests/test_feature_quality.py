@@ -9,7 +9,6 @@ import pytest
 
 from leo_tutorial import feature_quality as fq
 from leo_tutorial.config import TrainConfig, preset
-from leo_tutorial.data import SyntheticConfig, make_synthetic_bank
 from leo_tutorial.errors import UserError
 
 TINY = TrainConfig(
@@ -27,17 +26,8 @@ TINY = TrainConfig(
 
 
 @pytest.fixture(scope="module")
-def bank():
-    return make_synthetic_bank(
-        SyntheticConfig(
-            n_train_classes=12,
-            n_val_classes=6,
-            n_test_classes=6,
-            images_per_class=12,
-            dim=32,
-            subspace_dim=4,
-        )
-    )
+def bank(tiny_bank):
+    return tiny_bank
 
 
 @pytest.fixture(scope="module")

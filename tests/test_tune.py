@@ -62,17 +62,8 @@ CLI_FAST = [
 
 
 @pytest.fixture(scope="module")
-def bank():
-    return make_synthetic_bank(
-        SyntheticConfig(
-            n_train_classes=12,
-            n_val_classes=6,
-            n_test_classes=6,
-            images_per_class=12,
-            dim=32,
-            subspace_dim=4,
-        )
-    )
+def bank(tiny_bank):
+    return tiny_bank
 
 
 def cli(capsys, *argv):
