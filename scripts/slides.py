@@ -117,7 +117,7 @@ def add_slide_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 # 22 px text, 15 px code, capped outputs); tests/test_slides.py measures the real decks in
 # headless Chromium and fails when a slide is taller than the screen.
 DECK_WIDTH, DECK_HEIGHT = 1280, 720
-BUDGET = 500  # px of content per slide, estimated (the rest: margins, slide number); 540 let slides reach 734 px
+BUDGET = 500  # px of content per slide, estimated (540 let real slides reach 734 px)
 MAX_CODE_LINES = 10  # longer code cells show only their output in a deck
 HIDE_INPUT = "deck-hide-input"  # tag read by nbconvert's TagRemovePreprocessor
 TEXT_LINE, TEXT_CHARS = 30, 100  # markdown: px per line, characters per line
