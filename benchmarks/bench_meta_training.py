@@ -19,6 +19,8 @@ Sections:
    (V = 600 - K per class, the official meta-val/test protocol).
    Then the CPU time of the work both paths must do: every random draw of a step (the
    reference's random stream is kept) and the relation network's three big products.
+   And the **arithmetic floor**: the matrix-product FLOPs of a meta-step (FlopCounterMode) at
+   the machine's own GEMM rate, a bound no implementation of these products can beat.
 4. **Official protocol**: 100 000 meta-steps + 100 validations on 2 000 tasks (every 1 000
    steps, step 0 included) + a test on 10 000 tasks, projected from sections 2 and 3.
 5. **Peak memory**: peak RSS (VmHWM) of a separate process running ``training.train`` at these
@@ -26,6 +28,7 @@ Sections:
 
     python benchmarks/bench_meta_training.py --threads 1            # about 3 minutes idle
     python benchmarks/bench_meta_training.py --threads 1 --quick    # a rough table
+    python benchmarks/bench_meta_training.py --threads 2 --no-profile  # both cores
     python benchmarks/bench_meta_training.py --device cuda          # on a GPU, when present
 """
 
@@ -44,6 +47,7 @@ from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 from leo_tutorial import LEO, LEOConfig, TrainConfig, fast, noise
 from leo_tutorial.data import EpisodeSampler, make_synthetic_bank
@@ -151,6 +155,32 @@ def floors(bank, k_shot: int, device: torch.device, repeats: int = 20) -> tuple[
                 fn()
         result.append(1e3 * timer.cpu / repeats)
     return result[0], result[1]
+
+
+def step_flops(bank, k_shot: int, reference: bool, device: torch.device) -> float:
+    """Matrix-product FLOPs (torch's FlopCounterMode: mm, bmm, addmm, ...) of one meta-step's
+    forward and backward; elementwise work is not counted."""
+    sampler = EpisodeSampler(bank.split("train"), N_WAY, k_shot, N_QUERY)
+    batch = sampler.sample(BATCH, [4, 0]).to(device)
+    torch.manual_seed(0)
+    model = LEO(LEOConfig(reference=reference)).to(device).train()
+    with FlopCounterMode(display=False) as counter:
+        out = model(batch)
+        torch.autograd.grad(out.loss, list(model.parameters()), allow_unused=True)
+    return float(counter.get_total_flops())
+
+
+def gemm_rate(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a large float32 [size, size] x [size, size] product at this thread count: the
+    machine's arithmetic ceiling (the step's own, smaller products run below it)."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    for _ in range(2):
+        a @ b
+    timer = Timer(device)
+    with timer:
+        for _ in range(repeats):
+            a @ b
+    return 2 * size**3 * repeats / timer.wall
 
 
 def profile_table(bank, k_shot: int, reference: bool, device: torch.device, rows: int) -> str:
@@ -333,6 +363,21 @@ def main() -> None:
             f"{product_ms:5.1f} ms (together {draw_ms + product_ms:.1f} ms = "
             f"{BATCH / (draw_ms + product_ms) * 1e3:.0f} tasks/s at most)"
         )
+    print()
+
+    rate = gemm_rate(device)
+    print(
+        f"== arithmetic floor: matrix-product FLOPs per meta-step at the machine's GEMM rate "
+        f"({rate / 1e9:.0f} GFLOP/s, float32 [2048, 2048] products, "
+        f"{torch.get_num_threads()} threads)"
+    )
+    for k_shot in (1, 5):
+        for reference, name in ((True, "reference (model.py)"), (False, "fast (fast.py)")):
+            flops = step_flops(bank, k_shot, reference, device)
+            print(
+                f"{k_shot:>4}-shot  {name:<22} {flops / 1e9:6.3f} GFLOP per step: at least "
+                f"{1e3 * flops / rate:5.1f} ms, {BATCH * rate / flops:5.0f} tasks/s at most"
+            )
     print()
 
     print(
