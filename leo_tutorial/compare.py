@@ -43,7 +43,7 @@ from .baselines import BASELINES, BaselineConfig
 from .config import LEOConfig, Range, TrainConfig, leo_search_space
 from .data import EpisodeSampler, FeatureBank
 from .errors import UserError
-from .io import atomic_write, atomic_write_json
+from .io import atomic_write, atomic_write_json, read_json
 from .model import LEO
 from .runtime import SeedPurpose, resolve_device, step_seed, torch_dtype
 from .training import (
@@ -431,14 +431,11 @@ def save_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
 def load_rows(path: str | Path) -> list[dict[str, Any]]:
     """Rows saved by :func:`save_rows` (or printed by ``leo-tutorial compare --json``)."""
     path = Path(path)
-    try:
-        rows = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(
-            f"{path} not found; write it with `leo-tutorial compare --out DIR`"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); run the comparison again") from None
+    rows = read_json(
+        path,
+        missing=f"{path} not found; write it with `leo-tutorial compare --out DIR`",
+        invalid=f"{path} is not valid JSON ({{error}}); run the comparison again",
+    )
     if not isinstance(rows, list) or not all(
         isinstance(r, dict) and set(ROW_KEYS) <= set(r) for r in rows
     ):

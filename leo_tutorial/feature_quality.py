@@ -38,7 +38,7 @@ from .config import LEOConfig, TrainConfig
 from .data import FeatureBank
 from .errors import UserError
 from .features import BackboneRecipe
-from .io import atomic_write_json
+from .io import atomic_write_json, read_json
 from .runtime import resolve_device
 from .training import evaluate_split, mean_ci95
 
@@ -165,17 +165,12 @@ def save_study(path: str | Path, study: dict[str, Any]) -> Path:
 
 def load_study(path: str | Path = ASSET) -> dict[str, Any]:
     """The study written by :func:`save_study` (default: the one shipped with the package)."""
-    import json
-
     path = Path(path)
-    try:
-        study = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(
-            f"{path} not found; run benchmarks/bench_feature_quality.py to measure it"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); run the study again") from None
+    study = read_json(
+        path,
+        missing=f"{path} not found; run benchmarks/bench_feature_quality.py to measure it",
+        invalid=f"{path} is not valid JSON ({{error}}); run the study again",
+    )
     if not isinstance(study, dict) or study.get("format") != STUDY_FORMAT or "levels" not in study:
         raise UserError(
             f"{path} is not a feature-quality study of format {STUDY_FORMAT}; run "

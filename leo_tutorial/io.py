@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written file, even after a crash."""
+"""Atomic file writes (a reader never sees a half-written file, even after a crash) and the one
+JSON reader whose failures are a one-line :class:`~leo_tutorial.errors.UserError`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .errors import UserError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
@@ -44,6 +47,18 @@ def strict_json(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [strict_json(v) for v in obj]
     return obj
+
+
+def read_json(path: str | os.PathLike, missing: str, invalid: str) -> Any:
+    """The parsed content of a JSON file. A missing file raises :class:`UserError` with the
+    message ``missing``; a file that is not valid JSON (or not UTF-8) raises it with
+    ``invalid``, where ``{error}`` stands for the parser's own message."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(missing) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(invalid.replace("{error}", str(e))) from None
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -15,7 +15,6 @@ types only, so ``torch.load(path, weights_only=True)`` reads them without execut
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 
+from . import io
 from .config import LEOConfig, TrainConfig, config_from_dict, config_to_dict
 from .errors import UserError
 from .model import LEO
@@ -35,15 +35,12 @@ METRICS_FILE, TEST_FILE, LOCK_FILE = "metrics.json", "test.json", ".lock"
 
 def read_json(path: Path, what: str) -> Any:
     """Parse a JSON file of a run directory; a missing or damaged file is a :class:`UserError`."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(
-            f"{path} not found: is {path.parent} a run directory written by "
-            "`leo-tutorial train --out`?"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); the {what} is damaged") from None
+    return io.read_json(
+        path,
+        missing=f"{path} not found: is {path.parent} a run directory written by "
+        "`leo-tutorial train --out`?",
+        invalid=f"{path} is not valid JSON ({{error}}); the {what} is damaged",
+    )
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

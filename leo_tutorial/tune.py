@@ -54,7 +54,7 @@ from .baselines import BaselineConfig
 from .config import LEOConfig, Range, TrainConfig, config_from_dict, config_to_dict
 from .data import FeatureBank
 from .errors import UserError
-from .io import atomic_write, atomic_write_json, strict_json
+from .io import atomic_write, atomic_write_json, read_json, strict_json
 from .rundir import RunLock
 from .runtime import SeedPurpose, resolve_device, step_seed
 from .training import TrainResult, check_task_shape, train
@@ -438,12 +438,11 @@ def load_summary(path: str | Path) -> dict[str, Any]:
     """A study summary written by :func:`tune` (``study.json``) or shipped with the package
     (:func:`asset_path`)."""
     path = Path(path)
-    try:
-        summary = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} not found; write it with `leo-tutorial tune --out DIR`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); run the study again") from None
+    summary = read_json(
+        path,
+        missing=f"{path} not found; write it with `leo-tutorial tune --out DIR`",
+        invalid=f"{path} is not valid JSON ({{error}}); run the study again",
+    )
     needed = {"trials", "best_params", "best_val_accuracy", "space"}
     if not isinstance(summary, dict) or not needed <= set(summary):
         raise UserError(f"{path} is not a study summary (keys {', '.join(sorted(needed))})")
@@ -500,12 +499,13 @@ def load_robustness(path: str | Path | None = None) -> dict[str, Any]:
     from .assets import ASSETS
 
     path = Path(path) if path is not None else ASSETS / "robustness.json"
-    try:
-        result = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(
-            f"{path} not found; write it with python benchmarks/bench_robustness.py --save-assets"
-        ) from None
+    result = read_json(
+        path,
+        missing=f"{path} not found; write it with python benchmarks/bench_robustness.py "
+        "--save-assets",
+        invalid=f"{path} is not valid JSON ({{error}}); run python "
+        "benchmarks/bench_robustness.py --save-assets again",
+    )
     if not isinstance(result, dict) or not {"rows", "presets", "targets"} <= set(result):
         raise UserError(f"{path} is not a robustness result (keys rows, presets, targets)")
     return result
@@ -623,15 +623,12 @@ def read_params(path: str | Path) -> LEOConfig:
     in a hand-written file, ``best_params`` over the official defaults. Plain JSON: nothing in
     the file is executed; unknown fields are an error that names them."""
     path = Path(path)
-    try:
-        content = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(
-            f"--params {path} not found; `leo-tutorial tune --out DIR` writes DIR/"
-            f"{BEST_PARAMS_FILE}"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"--params {path} is not valid JSON ({e})") from None
+    content = read_json(
+        path,
+        missing=f"--params {path} not found; `leo-tutorial tune --out DIR` writes DIR/"
+        f"{BEST_PARAMS_FILE}",
+        invalid=f"--params {path} is not valid JSON ({{error}})",
+    )
     if isinstance(content, dict) and isinstance(content.get("leo_config"), dict):
         values = content["leo_config"]
     elif isinstance(content, dict) and isinstance(content.get("best_params"), dict):
