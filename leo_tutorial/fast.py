@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,7 +149,7 @@ class _Problem:
     x [B,M,D] support embeddings (M = N K), y [B,M] labels, onehot [B,M,N]; qx [B,Q,D], qy
     [B,Q] and q_onehot [B,Q,N] the queries (Q = N V); masks: support dropout factors [B,M,D]
     per decode and fine-tuning step, query_mask [B,Q,D] (None: no dropout); eps: weight noise
-    [B,N,K,D] per decode (None: the means are used).
+    [B,N,K,D] per decode (None: the means are used). Draws may be Futures (:func:`_draw`).
     """
 
     x: Tensor
@@ -156,9 +158,9 @@ class _Problem:
     qx: Tensor
     qy: Tensor
     q_onehot: Tensor
-    masks: list[Tensor | None]
-    query_mask: Tensor | None
-    eps: list[Tensor] | None
+    masks: list[Tensor | Future | None]
+    query_mask: Tensor | Future | None
+    eps: list[Tensor | Future] | None
     k_shot: int
     floor_shift: float  # 1 - the decoder's std offset
     inner_steps: int
@@ -168,21 +170,57 @@ class _Problem:
     tape: _Tape | None = None  # filled by the forward pass
 
 
-def _draw(model: LEO, x: Tensor, qx: Tensor) -> tuple[list, Tensor | None, list | None]:
+def _draw(
+    model: LEO, x: Tensor, qx: Tensor, helper: ThreadPoolExecutor | None = None
+) -> tuple[list, Tensor | None, list | None]:
     """The loops' random draws in the reference's order (see :mod:`leo_tutorial.noise`):
-    (support masks, query mask, weight noise) for support x [B,N,K,D] and queries qx."""
+    (support masks [B,M,D], query mask [B,Q,D], weight noise [B,N,K,D]) for support x
+    [B,N,K,D] and queries qx [B,N,V,D]. With a ``helper`` thread each entry is a Future, drawn
+    there in this order while the caller goes on (:func:`_ready` waits for one)."""
     c, rate = model.config, model.config.dropout_rate
     if not model.training:
         return [None] * (c.inner_unroll_length + 1 + c.finetuning_unroll_length), None, None
+    (b, n, k, d), v = x.shape, qx.shape[2]
+    like = dict(dtype=x.dtype, device=x.device)
+
+    def mask(shape: tuple[int, ...], rows: int) -> Tensor | None:
+        m = noise.dropout_mask(shape, rate, x.dtype, x.device)
+        return None if m is None else m.view(b, rows, d)
+
+    def make(fn, *args):  # noqa: ANN001, ANN002, ANN202
+        return fn(*args) if helper is None else helper.submit(fn, *args)
+
+    normal = functools.partial(torch.randn, **like)
     eps, masks = [], []
     for _ in range(c.inner_unroll_length + 1):  # every decode: weight noise, then support mask
         if model.sampling:
-            eps.append(torch.randn(x.shape, dtype=x.dtype, device=x.device))
-        masks.append(noise.dropout_mask(x.shape, rate, x.dtype, x.device))
+            eps.append(make(normal, x.shape))
+        masks.append(make(mask, x.shape, n * k))
     for _ in range(c.finetuning_unroll_length):  # every fine-tuning step: support mask
-        masks.append(noise.dropout_mask(x.shape, rate, x.dtype, x.device))
-    query_mask = noise.dropout_mask(qx.shape, rate, qx.dtype, qx.device)
+        masks.append(make(mask, x.shape, n * k))
+    query_mask = make(mask, qx.shape, n * v)
     return masks, query_mask, eps if model.sampling else None
+
+
+def _ready(draw: Tensor | Future | None) -> Tensor | None:
+    """The tensor of a draw from :func:`_draw`, waiting for the helper thread if need be."""
+    return draw.result() if isinstance(draw, Future) else draw
+
+
+_HELPER: tuple[int, ThreadPoolExecutor] | None = None
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _helper(device: torch.device) -> ThreadPoolExecutor | None:
+    """One thread that makes a step's random draws while the main thread computes (on a CPU
+    with 2 or more cores; None otherwise). One worker keeps the draws in submission order, so
+    the numbers are the same as drawing them in place; a forked child gets its own thread."""
+    global _HELPER
+    if device.type != "cpu" or _CORES < 2:
+        return None
+    if _HELPER is None or _HELPER[0] != os.getpid():
+        _HELPER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="leo-draws"))
+    return _HELPER[1]
 
 
 @dataclass
@@ -277,8 +315,9 @@ def _loops(z0: Tensor, g_d: Tensor, alpha: Tensor, alpha_ft: Tensor, pb: _Proble
     decodes, grads, scores = [], [], []
     z = z0  # [B, N, S, Z]
     for t in range(pb.inner_steps + 1):
-        dec = _decode(z, g_mu, g_u, None if pb.eps is None else pb.eps[t], pb.floor_shift)
-        x = pb.x if pb.masks[t] is None else pb.x * pb.masks[t]  # [B, M, D]
+        eps, mask = None if pb.eps is None else _ready(pb.eps[t]), _ready(pb.masks[t])
+        dec = _decode(z, g_mu, g_u, eps, pb.floor_shift)
+        x = pb.x if mask is None else pb.x * mask  # [B, M, D]
         last = t == pb.inner_steps
         score = _score(dec.W, x, pb.y, pb.onehot, not last or pb.finetuning_steps > 0)
         decodes.append(dec)
@@ -290,13 +329,14 @@ def _loops(z0: Tensor, g_d: Tensor, alpha: Tensor, alpha_ft: Tensor, pb: _Proble
     finetunes, score, alpha_ft_k = [], scores[-1], alpha_ft / k
     for s in range(pb.finetuning_steps):
         W = torch.addcmul(score.W, alpha_ft_k, score.g, value=-1.0)  # W - alpha_ft g / K: [B,N,D]
-        mask = pb.masks[pb.inner_steps + 1 + s]
+        mask = _ready(pb.masks[pb.inner_steps + 1 + s])
         x = pb.x if mask is None else pb.x * mask
         score = _score(W, x, pb.y, pb.onehot, s + 1 < pb.finetuning_steps)
         finetunes.append(score)
     if pb.qx is None:  # adaptation only (see evaluate_tasks): the final weights
         return _Tape(decodes, grads, scores, finetunes, _Score(score.W, *[None] * 5))
-    qx = pb.qx if pb.query_mask is None else pb.qx * pb.query_mask  # [B, Q, D]
+    query_mask = _ready(pb.query_mask)
+    qx = pb.qx if query_mask is None else pb.qx * query_mask  # [B, Q, D]
     query = _score(score.W, qx, pb.qy, pb.q_onehot, False, need_p=pb.backward)
     return _Tape(decodes, grads, scores, finetunes, query)
 
@@ -311,16 +351,27 @@ def _backward(
     k: int,
     second_order: bool,
     d_codes: list[Tensor | None],
+    helper: ThreadPoolExecutor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Reverse mode through :func:`_loops`: (dL/dz0, dL/dg_d, dL/dalpha, dL/dalpha_ft) for the
     cotangent ``d_query_loss`` [B] of the mean query loss per task and ``d_codes`` [t-1] of the
-    adapted codes z_t [B,N,S,Z], t = 1..T (None where nothing read z_t)."""
-    d, z_dim = g_d.shape[0] // 2, g_d.shape[1]
+    adapted codes z_t [B,N,S,Z], t = 1..T (None where nothing read z_t).
+
+    The products that accumulate dL/dg_d feed nothing else in the backward pass: with a
+    ``helper`` thread they run there, in the same order, while this thread goes on."""
+    d = g_d.shape[0] // 2
     g_mu, g_u = g_d[:d], g_d[d:]
     d_mu, d_u = torch.zeros_like(g_mu), torch.zeros_like(g_u)  # dL/d g_d, by halves [D, Z]
+    pending = []
 
-    def flat(t: Tensor, width: int) -> Tensor:
-        return t.reshape(-1, width)
+    def accumulate(*products: tuple[Tensor, Tensor, Tensor]) -> None:
+        """target += a^T b for each (target [D,Z], a [...,D], b [...,Z]), in order."""
+
+        def run() -> None:
+            for target, a, b in products:
+                target.addmm_(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]))
+
+        pending.append(run() if helper is None else helper.submit(run))
 
     # the query loss = mean CE over the Q queries: dL/dlogits = (p - onehot) / Q per task
     query = tape.query
@@ -338,12 +389,12 @@ def _backward(
     # the last decode: W_T = g_mu z_mean + mean over slots of std * eps
     dec = tape.decodes[-1]
     slots = dec.z.shape[2]
-    d_mu.addmm_(flat(lam, d).T, flat(dec.z_mean, z_dim))
+    accumulate((d_mu, lam, dec.z_mean))
     zeta = ((lam @ g_mu) / slots)[:, :, None, :].expand_as(dec.z)  # dL/dz_T [B, N, S, Z]
     if dec.dW_du is not None:
         a = (lam / slots)[:, :, None, :] * dec.dW_du  # dL/du_T [B, N, S, D]
         zeta = zeta + a @ g_u
-        d_u.addmm_(flat(a, d).T, flat(dec.z, z_dim))
+        accumulate((d_u, a, dec.z))
 
     # the latent steps, last first: z_{t+1} = z_t - alpha * grad_t(z_t, g_d)
     d_alpha = torch.zeros_like(alpha)
@@ -361,14 +412,14 @@ def _backward(
             c = (omega @ g_u.T).mul_(dec.dW_du)  # [B, N, S, D]
             mu_g = mu_g + c.sum(dim=2)
         lam_t = _hvp(score, mu_g)  # dL/dW_t through g_t [B, N, D]
-        d_mu.addmm_(flat(score.g, d).T, flat(omega_sum, z_dim))
-        d_mu.addmm_(flat(lam_t, d).T, flat(dec.z_mean, z_dim))
+        accumulate((d_mu, score.g, omega_sum), (d_mu, lam_t, dec.z_mean))
         zeta = zeta + ((lam_t @ g_mu) / slots)[:, :, None, :]
         if dec.dW_du is not None:  # dL/du_t, through dW/du and through W_t
             c = c.mul_(score.g[:, :, None, :]).addcmul_((lam_t / slots)[:, :, None, :], dec.dW_du)
             zeta = zeta + c @ g_u
-            d_u.addmm_(flat(c, d).T, flat(dec.z, z_dim))
-            d_u.addmm_(flat(dec.g_dW_du, d).T, flat(omega, z_dim))
+            accumulate((d_u, c, dec.z), (d_u, dec.g_dW_du, omega))
+    for done in pending:
+        _ready(done)
     return zeta, torch.cat([d_mu, d_u]), d_alpha, d_alpha_ft
 
 
@@ -439,6 +490,7 @@ class _InnerLoops(torch.autograd.Function):
             ctx.k_shot,
             ctx.second_order,
             list(d_codes),
+            _helper(g_d.device),
         )
         return (
             d_z0,
@@ -449,6 +501,51 @@ class _InnerLoops(torch.autograd.Function):
         )
 
 
+# ------------------------------------------------------------------ regularisers (eq. 7)
+def _penalties(weights: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """(l2, orthogonality, d orthogonality / d g_d.weight [2D, Z]) of ``LEO.regularisers`` for
+    its five weights (the last is g_d.weight), without autograd. d l2 / dw = w needs nothing.
+
+    For the decoder rows R = g_d.weight^T [Z, 2D], norms n = ||r|| + 1e-32, C = R R^T / n n^T
+    and P = mean((C - I)^2), with E = 2 (C - I) / Z^2:
+    dP/dR = 2 (E / n n^T) R - 2 diag(sum_j E_ij C_ij / (n_i ||r_i||)) R.
+    """
+    l2 = losses.l2_penalty(weights)
+    rows = weights[-1].T  # [Z, 2D]
+    norms = rows.norm(dim=1, keepdim=True)  # [Z, 1]
+    shifted = norms + 1e-32
+    scale = shifted * shifted.T  # [Z, Z]
+    correlation = (rows @ rows.T) / scale
+    identity = torch.eye(rows.shape[0], dtype=rows.dtype, device=rows.device)
+    error = correlation - identity
+    orthogonality = (error**2).mean()
+    e = error * (2.0 / error.numel())  # dP/dC
+    radial = (e * correlation).sum(dim=1, keepdim=True) / (shifted * norms)  # [Z, 1]
+    d_rows = 2.0 * ((e / scale) @ rows - radial * rows)  # [Z, 2D]
+    return l2, orthogonality, d_rows.T
+
+
+class _Regularisers(torch.autograd.Function):
+    """(l2, orthogonality) of eq. 7's weight terms for ``LEO.weights()``, from :func:`_penalties`
+    (a tuple, or a Future of one from the helper thread); backward in closed form."""
+
+    @staticmethod
+    def forward(ctx, penalties, *weights):  # noqa: ANN001, ANN002
+        l2, orthogonality, d_orthogonality = _ready(penalties)
+        ctx.save_for_backward(*weights, d_orthogonality)
+        return l2, orthogonality
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_l2: Tensor | None, d_orthogonality: Tensor | None):  # noqa: ANN001
+        *weights, g_orthogonality = ctx.saved_tensors
+        grads = [w * d_l2 if d_l2 is not None else None for w in weights]
+        if d_orthogonality is not None:
+            term = g_orthogonality * d_orthogonality
+            grads[-1] = term if grads[-1] is None else grads[-1] + term
+        return (None, *grads)
+
+
 # ------------------------------------------------------------------------------ forward
 def forward(model: LEO, x: Tensor, y: Tensor, qx: Tensor, qy: Tensor) -> LEOOutput:
     """``model(batch)`` on inputs checked by ``LEO.check_inputs``: support x [B,N,K,D], labels
@@ -456,18 +553,29 @@ def forward(model: LEO, x: Tensor, y: Tensor, qx: Tensor, qy: Tensor) -> LEOOutp
     return _forward(model, x, y, qx, qy)
 
 
-def _encode(model: LEO, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _encoder_draws(model: LEO, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """The encoder's random draws for support x [B,N,K,D], in the reference's order: (its
+    dropout mask [B,N,K,D], the latent noise [B,N,K,Z] or, with the random-prior ablation,
+    z ~ N(0, I) itself); None where nothing is drawn (evaluation, rate 0, no sampling)."""
+    if not model.training:
+        return None, None
+    c, like = model.config, dict(dtype=x.dtype, device=x.device)
+    mask = None if c.random_prior else noise.dropout_mask(x.shape, c.dropout_rate, **like)
+    latent = torch.randn((*x.shape[:3], c.num_latents), **like) if model.sampling else None
+    return mask, latent
+
+
+def _encode(
+    model: LEO, x: Tensor, mask: Tensor | None, latent: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
     """(z0 [B,N,S,Z], kl [B], codes [B,N,K,2Z]) as ``LEO.forward_encoder``, with S = 1 slot per
-    class when not sampling. Draws the encoder's dropout mask, then the latent noise."""
+    class when not sampling, for the draws of :func:`_encoder_draws`."""
     c, (b, n, k, _) = model.config, x.shape
-    z_dim, like = c.num_latents, dict(dtype=x.dtype, device=x.device)
-    if c.random_prior:
-        if model.sampling:  # one N(0, I) draw per slot
-            z0 = torch.randn((b, n, k, z_dim), **like)
-        else:
-            z0 = x.new_zeros(b, n, 1, z_dim)
+    z_dim = c.num_latents
+    if c.random_prior:  # z ~ N(0, I) per slot while sampling, else its mean 0
+        z0 = latent if model.sampling else x.new_zeros(b, n, 1, z_dim)
         return z0, x.new_zeros(b), x.new_zeros(b, n, k, 2 * z_dim)
-    h = F.linear(noise.dropout(x, c.dropout_rate) if model.training else x, model.g_e.weight)
+    h = F.linear(x if mask is None else x * mask, model.g_e.weight)
     weights = (h, model.g_r[0].weight, model.g_r[2].weight, model.g_r[4].weight)
     if torch.is_grad_enabled():
         class_codes = _RelationNetwork.apply(*weights)  # [B, N, 2Z]
@@ -480,7 +588,7 @@ def _encode(model: LEO, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return mean, x.new_zeros(b), codes  # one code per class: the K slots are identical
     mean = mean.expand(b, n, k, z_dim)
     std = torch.clamp(torch.exp(u) - 1.0, min=STD_FLOOR).expand(b, n, k, z_dim)
-    z0 = mean + std * torch.randn((b, n, k, z_dim), **like)
+    z0 = mean + std * latent
     return z0, losses.kl_estimate(z0, mean, std), codes
 
 
@@ -488,10 +596,17 @@ def _forward(model: LEO, x: Tensor, y: Tensor, qx: Tensor, qy: Tensor) -> LEOOut
     c = model.config
     b, n, k, d = x.shape
     v = qx.shape[2]
+    # 0. the step's random draws in the reference's order: the encoder's now, the loops' on a
+    #    helper thread while the encoder and the first steps compute (CPU with 2+ cores)
+    encoder_draws = _encoder_draws(model, x)
+    helper = _helper(x.device)
+    masks, query_mask, eps = _draw(model, x, qx, helper)
+    # and the weight penalties of eq. 7, which read only the parameters (there too)
+    weights = [w.detach() for w in model.weights()]
+    penalties = _penalties(weights) if helper is None else helper.submit(_penalties, weights)
     # 1. z ~ q(z | D^tr) (eq. 3)
-    z0, kl, codes = _encode(model, x)
-    # 2. the latent update (§2.3.2), fine-tuning and the query loss, with their random draws
-    masks, query_mask, eps = _draw(model, x, qx)
+    z0, kl, codes = _encode(model, x, *encoder_draws)
+    # 2. the latent update (§2.3.2), fine-tuning and the query loss
     sy, sq = y.reshape(b, n * k), qy.reshape(b, n * v)
     pb = _Problem(
         x=x.reshape(b, n * k, d),
@@ -500,8 +615,8 @@ def _forward(model: LEO, x: Tensor, y: Tensor, qx: Tensor, qy: Tensor) -> LEOOut
         qx=qx.reshape(b, n * v, d),
         qy=sq,
         q_onehot=F.one_hot(sq, n).to(x.dtype),
-        masks=[None if m is None else m.view(b, n * k, d) for m in masks],
-        query_mask=None if query_mask is None else query_mask.view(b, n * v, d),
+        masks=masks,
+        query_mask=query_mask,
         eps=eps,
         k_shot=k,
         floor_shift=1.0 - model.decoder_stddev_offset,
@@ -521,7 +636,9 @@ def _forward(model: LEO, x: Tensor, y: Tensor, qx: Tensor, qy: Tensor) -> LEOOut
     # 3. the meta-objective (eq. 6, 7)
     z_final = adapted[-1] if adapted else z0
     penalty = losses.encoder_penalty(z0, z_final) if model.training else x.new_zeros(b)
-    l2, orthogonality = model.regularisers()
+    l2, orthogonality = _ready(penalties)[:2]
+    if torch.is_grad_enabled():
+        l2, orthogonality = _Regularisers.apply(penalties, *model.weights())
     loss = (
         (query_loss + c.kl_weight * kl + c.encoder_penalty_weight * penalty).mean()
         + c.l2_penalty_weight * l2
@@ -620,7 +737,7 @@ def adapt(model: LEO, x: Tensor, y: Tensor) -> Tensor:
     """The class-mean classifier weights [B,N,D] after both inner loops, for support x
     [B,N,K,D] and labels y [B,N,K] (no queries; no gradients)."""
     b, n, k, d = x.shape
-    z0, _, _ = _encode(model, x)
+    z0, _, _ = _encode(model, x, *_encoder_draws(model, x))
     masks, _, eps = _draw(model, x, x[:, :, :0])
     sy = y.reshape(b, n * k)
     pb = _Problem(
@@ -630,7 +747,7 @@ def adapt(model: LEO, x: Tensor, y: Tensor) -> Tensor:
         qx=None,
         qy=None,
         q_onehot=None,
-        masks=[None if m is None else m.view(b, n * k, d) for m in masks],
+        masks=masks,
         query_mask=None,
         eps=eps,
         k_shot=k,
