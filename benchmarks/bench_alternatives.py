@@ -1,22 +1,25 @@
 """Speed-ups tried for the fast meta-step that are *not* in the package, measured next to it.
 
 Issue 16 asks for 1 500 / 800 tasks/s (1- / 5-shot) on a 2-core CPU; the fast path
-(``fast.py``) reaches about a third of that (``bench_meta_training.py``). This script measures
-three ways to spend more of the machine on the step, so that anyone can check why they were
-left out:
+(``fast.py``) reaches less than half of that (``bench_meta_training.py``). This script shows
+where its time goes and measures three more ways to spend the machine on the step, so that
+anyone can check why they were left out:
 
-1. **Where the step's time goes**: wall ms per meta-step of its parts (the fast path's own
-   functions, timed by wrapping them; the rest is the loss assembly, the autograd engine, the
-   NaN guard, clipping and Adam).
+1. **Where the step's time goes**: wall ms per meta-step of its parts with everything in one
+   thread (the fast path's own functions, timed by wrapping them; the rest is the loss
+   assembly, the weight penalties, the autograd engine, the NaN guard, clipping and Adam), and
+   the step with the helper thread that ``fast.py`` uses on a CPU with 2+ cores.
 2. **Two Python threads on task halves**: the unrolled loops and their hand-written backward
    (``fast._loops`` + ``fast._backward``, most of the step) for tasks 0..B/2-1 and B/2..B-1 at
    the same time, one intra-op thread each, against one thread on all B tasks. The random draws
    stay in one thread (the shared seeded stream); the meta-gradients agree to rounding.
-3. **Two intra-op threads** (``torch.set_num_threads(2)``) for the whole meta-step.
-4. **torch.compile** of ``fast._loops`` and ``fast._backward`` (Inductor, static shapes): the
-   whole meta-step's time, the cold compile time (Inductor's cache goes to a fresh temporary
-   folder) and the largest relative difference of the meta-gradients from the eager step's
-   (float32). Skipped with ``--no-compile`` or when no C++ compiler is found.
+3. **Two intra-op threads** (``torch.set_num_threads(2)``) for the whole meta-step (with the
+   helper thread, as by default).
+4. **torch.compile** of ``fast._loops`` and ``fast._backward`` (Inductor, static shapes; the
+   helper thread off, both eager and compiled): the whole meta-step's time, the cold compile
+   time (Inductor's cache goes to a fresh temporary folder) and the largest relative
+   difference of the meta-gradients from the eager step's (float32). Skipped with
+   ``--no-compile`` or when no C++ compiler is found.
 
     python benchmarks/bench_alternatives.py               # about 2-3 minutes idle
     python benchmarks/bench_alternatives.py --no-compile  # sections 1-3 only, under a minute
@@ -91,6 +94,7 @@ def parts(data: list, rounds: int) -> tuple[float, dict[str, float]]:
         return call
 
     model, optimizer = fresh_model()
+    cores, fast._CORES = fast._CORES, 1  # no helper thread: every part in this thread
     try:
         for name, fn in originals.items():
             setattr(fast, name, timed(name, fn))
@@ -103,6 +107,7 @@ def parts(data: list, rounds: int) -> tuple[float, dict[str, float]]:
                 meta_step(model, optimizer, batch)
         total = (time.perf_counter() - start) / (rounds * len(data))
     finally:
+        fast._CORES = cores
         for name, fn in originals.items():
             setattr(fast, name, fn)
     per_step = {part: 1e3 * seconds / (rounds * len(data)) for part, seconds in spent.items()}
@@ -131,6 +136,7 @@ def task_slice(pb, part: slice):  # noqa: ANN001, ANN201
     """The loops' problem restricted to the tasks ``part`` (every tensor is batched first)."""
 
     def cut(t):  # noqa: ANN001, ANN202
+        t = fast._ready(t)  # a draw of the helper thread, once made
         return None if t is None else t[part]
 
     return dataclasses.replace(
@@ -143,7 +149,7 @@ def task_slice(pb, part: slice):  # noqa: ANN001, ANN201
         q_onehot=cut(pb.q_onehot),
         masks=[cut(m) for m in pb.masks],
         query_mask=cut(pb.query_mask),
-        eps=None if pb.eps is None else [e[part] for e in pb.eps],
+        eps=None if pb.eps is None else [cut(e) for e in pb.eps],
         tape=None,
     )
 
@@ -199,6 +205,7 @@ def compiled(data: list, rounds: int) -> tuple[float, float, float]:
         return torch.autograd.grad(out.loss, list(model.parameters()))
 
     eager = gradients()
+    cores, fast._CORES = fast._CORES, 1  # no helper thread inside the compiled functions
     try:
         fast._loops = torch.compile(originals[0], dynamic=False)
         fast._backward = torch.compile(originals[1], dynamic=False)
@@ -209,6 +216,7 @@ def compiled(data: list, rounds: int) -> tuple[float, float, float]:
         ms = step_ms(model, optimizer, data, rounds)
     finally:
         fast._loops, fast._backward = originals
+        fast._CORES = cores
     difference = max(
         ((a - b).abs().max() / a.abs().max()).item() for a, b in zip(eager, result, strict=True)
     )
@@ -233,7 +241,12 @@ def main() -> None:
         total, spent = parts(data[k], args.rounds)
         shares = ", ".join(f"{part} {ms:.1f}" for part, ms in spent.items())
         rest = total - sum(spent.values())
-        print(f"{k}-shot  {total:5.1f} ms: {shares}, the rest (losses, autograd, Adam) {rest:.1f}")
+        model, optimizer = fresh_model()
+        helped = step_ms(model, optimizer, data[k], args.rounds)
+        print(
+            f"{k}-shot  {total:5.1f} ms in one thread: {shares}, the rest (losses, autograd, "
+            f"Adam) {rest:.1f}; with the helper thread {helped:.1f} ms ({total / helped:.2f}x)"
+        )
 
     print("\n== 2. two Python threads on task halves: unrolled loops + their backward")
     for k in (1, 5):
@@ -266,7 +279,9 @@ def main() -> None:
     else:
         for k in (1, 5):
             model, optimizer = fresh_model()
+            cores, fast._CORES = fast._CORES, 1  # eager without the helper, as compiled
             eager = step_ms(model, optimizer, data[k], args.rounds)
+            fast._CORES = cores
             ms, seconds, difference = compiled(data[k], args.rounds)
             print(
                 f"{k}-shot  eager {eager:5.1f} ms, compiled {ms:5.1f} ms: {eager / ms:.2f}x, "

@@ -10,8 +10,10 @@ Sections:
 
 1. **Profile**: a ``torch.profiler`` table of the fast meta-step (and the reference's) per shot.
 2. **Meta-training**: ms per meta-step (``training.meta_step``: forward, backward, NaN guard,
-   clipping, Adam) for ``reference`` (``LEOConfig(reference=True)``), ``fast`` (the default) and
-   ``fast + sampling`` (episodes sampled inside the timed loop, as in training). Rows are timed
+   clipping, Adam) for ``reference`` (``LEOConfig(reference=True)``), ``fast`` (the default),
+   ``fast, no helper thread`` (the same step with its random draws, weight penalties and
+   dL/dg_d products made in the calling thread, as on a one-core machine) and ``fast +
+   sampling`` (episodes sampled inside the timed loop, as in training). Rows are timed
    in interleaved rounds, so a busy machine slows all of them alike; the table gives the median
    wall time, the best round, the process's CPU time per step (what the step costs on a core
    of its own) and the speed-up over the reference from the same rounds.
@@ -96,22 +98,26 @@ def training_rows(bank, k_shot: int, steps: int, rounds: int, device: torch.devi
     batches = [sampler.sample(BATCH, [0, i]).to(device) for i in range(steps)]
     rows: dict[str, Callable[[int], None]] = {}
     seed = [1000]
-    for name, config, sample in (
-        ("reference (model.py)", LEOConfig(reference=True), False),
-        ("fast (fast.py)", LEOConfig(), False),
-        ("fast + sampling", LEOConfig(), True),
+    cores = fast._CORES
+    for name, config, sample, helper in (
+        ("reference (model.py)", LEOConfig(reference=True), False, True),
+        ("fast, no helper thread", LEOConfig(), False, False),
+        ("fast (fast.py)", LEOConfig(), False, True),
+        ("fast + sampling", LEOConfig(), True, True),
     ):
         torch.manual_seed(0)
         model = LEO(config).to(device).train()
         optimizer = make_optimizer(model)
 
-        def step(i: int, model=model, optimizer=optimizer, sample=sample) -> None:
+        def step(i: int, model=model, optimizer=optimizer, sample=sample, helper=helper) -> None:
             if sample:
                 seed[0] += 1
                 batch = sampler.sample(BATCH, [1, seed[0]]).to(device)
             else:
                 batch = batches[i]
+            fast._CORES = cores if helper else 1  # 1: everything in the calling thread
             meta_step(model, optimizer, batch)
+            fast._CORES = cores
 
         for i in range(2):  # warm-up
             step(i)

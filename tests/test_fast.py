@@ -159,6 +159,57 @@ def test_fast_path_supports_retain_graph_and_frees_its_tape_otherwise():
         torch.autograd.grad(out.loss, model.inner_lr)
 
 
+# ------------------------------------------------------------------------ helper thread
+@pytest.mark.parametrize("k", [1, 5], ids=["1shot", "5shot"])
+@pytest.mark.parametrize("ablation", ["leo", "deterministic", "random_prior", "no_dropout"])
+def test_the_helper_thread_gives_the_numbers_of_drawing_in_place(monkeypatch, ablation, k):
+    """Draws, weight penalties and dL/dg_d made on the helper thread (CPU, 2+ cores) equal, bit
+    for bit in float32, those made in the main thread, over two meta-steps."""
+    config = BASE.replace(**ABLATIONS[ablation])
+    results = {}
+    for cores in (1, 2):
+        monkeypatch.setattr(fast, "_CORES", cores)
+        assert (fast._helper(torch.device("cpu")) is None) == (cores == 1)
+        torch.manual_seed(0)
+        model = LEO(config, embedding_dim=16, n_way=5).train()
+        values = []
+        for step in range(2):
+            torch.manual_seed(10 + step)
+            out = model(random_batch(b=3, n=5, k=k, v=3, d=16, seed=step, dtype=torch.float32))
+            grads = torch.autograd.grad(out.loss, list(model.parameters()), allow_unused=True)
+            values += [out.loss, out.query_logits, out.l2, out.orthogonality]
+            values += [g for g in grads if g is not None]
+            with torch.no_grad():
+                for p, g in zip(model.parameters(), grads, strict=True):
+                    if g is not None:
+                        p -= 0.1 * g
+        results[cores] = values
+    for a, b in zip(results[1], results[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_forked_process_gets_its_own_helper_thread(monkeypatch):
+    monkeypatch.setattr(fast, "_CORES", 2)
+    first = fast._helper(torch.device("cpu"))
+    assert fast._helper(torch.device("cpu")) is first
+    monkeypatch.setattr(fast.os, "getpid", lambda: -1)  # as in a child after fork()
+    assert fast._helper(torch.device("cpu")) is not first
+    assert fast._helper(torch.device("meta")) is None  # CPU only
+
+
+def test_closed_form_weight_penalties_match_autograd():
+    """Values and gradient of _penalties against losses.l2_penalty / orthogonality_penalty."""
+    torch.manual_seed(0)
+    model = LEO(BASE, embedding_dim=16, n_way=5, dtype=torch.float64)
+    weights = model.weights()
+    l2, orthogonality, d_orthogonality = fast._penalties([w.detach() for w in weights])
+    l2_ref, orthogonality_ref = model.regularisers()
+    assert_same(l2, l2_ref.detach(), "l2")
+    assert_same(orthogonality, orthogonality_ref.detach(), "orthogonality")
+    (expected,) = torch.autograd.grad(orthogonality_ref, model.g_d.weight)
+    assert_same(d_orthogonality, expected, "d orthogonality / d g_d.weight")
+
+
 # ----------------------------------------------------------------------- which path runs
 def test_reference_switch_and_overridden_steps_select_the_reference(monkeypatch):
     model = LEO(BASE, embedding_dim=16, n_way=5, dtype=torch.float64)
