@@ -12,10 +12,8 @@ Sections:
 2. **Meta-training**: ms per meta-step (``training.meta_step``: forward, backward, NaN guard,
    clipping, Adam) for ``reference`` (``LEOConfig(reference=True)``), ``fast`` (the default),
    ``fast, no helper thread`` (the same step with its random draws, weight penalties and
-   dL/dg_d products made in the calling thread, as on a one-core machine), ``fast + sampling
-   in place`` (episodes sampled inside the timed loop, before each step) and ``fast +
-   sampling`` (as ``training.train`` does: the next step's episodes sampled on the helper
-   thread during this step's backward pass; the protocol's row). Rows are timed
+   dL/dg_d products made in the calling thread, as on a one-core machine) and ``fast +
+   sampling`` (episodes sampled inside the timed loop, as in training). Rows are timed
    in interleaved rounds, so a busy machine slows all of them alike; the table gives the median
    wall time, the best round, the process's CPU time per step (what the step costs on a core
    of its own) and the speed-up over the reference from the same rounds.
@@ -105,30 +103,20 @@ def training_rows(bank, k_shot: int, steps: int, rounds: int, device: torch.devi
         ("reference (model.py)", LEOConfig(reference=True), False, True),
         ("fast, no helper thread", LEOConfig(), False, False),
         ("fast (fast.py)", LEOConfig(), False, True),
-        ("fast + sampling in place", LEOConfig(), "in place", True),
-        ("fast + sampling", LEOConfig(), "ahead", True),
+        ("fast + sampling", LEOConfig(), True, True),
     ):
         torch.manual_seed(0)
         model = LEO(config).to(device).train()
         optimizer = make_optimizer(model)
 
-        ahead: list = []  # the next batch, being sampled on the helper thread
-
-        def step(
-            i: int, model=model, optimizer=optimizer, sample=sample, helper=helper, ahead=ahead
-        ) -> None:
-            seed[0] += 1
-            if not sample:
-                batch, between = batches[i], None
-            elif sample == "in place" or fast._helper(device) is None:
-                batch, between = sampler.sample(BATCH, [1, seed[0]]).to(device), None
-            else:  # as training.meta_train(prefetch=True): during the backward, on the helper
-                batch = ahead.pop().result() if ahead else sampler.sample(BATCH, [1, seed[0]])
-                args = (BATCH, [1, seed[0] + 1])
-                submit = fast._helper(device).submit
-                between = lambda: ahead.append(submit(sampler.sample, *args))  # noqa: E731
+        def step(i: int, model=model, optimizer=optimizer, sample=sample, helper=helper) -> None:
+            if sample:
+                seed[0] += 1
+                batch = sampler.sample(BATCH, [1, seed[0]]).to(device)
+            else:
+                batch = batches[i]
             fast._CORES = cores if helper else 1  # 1: everything in the calling thread
-            meta_step(model, optimizer, batch, between)
+            meta_step(model, optimizer, batch)
             fast._CORES = cores
 
         for i in range(2):  # warm-up

@@ -220,7 +220,6 @@ def fit(
         progress=progress,
         desc=name,
         leave=False,
-        prefetch=True,  # the sampler is seeded by the step
     )
     best.restore(model)
     return model, {"val_accuracy": best.val_accuracy, "best_step": best.step, **selected}

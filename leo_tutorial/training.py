@@ -21,7 +21,6 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -247,16 +246,10 @@ def apply_meta_gradient(model: MetaLearner, optimizer: torch.optim.Optimizer, lo
 
 
 def meta_step(
-    model: MetaLearner,
-    optimizer: torch.optim.Optimizer,
-    batch: Any,
-    between: Callable[[], None] | None = None,
+    model: MetaLearner, optimizer: torch.optim.Optimizer, batch: Any
 ) -> tuple[MetaOutput, bool]:
-    """One outer update on a task batch. Returns (model output, whether it was applied).
-    ``between()``, if given, runs after the forward pass and before the backward pass."""
+    """One outer update on a task batch. Returns (model output, whether it was applied)."""
     out = model(batch)
-    if between is not None:
-        between()
     return out, apply_meta_gradient(model, optimizer, out.loss)
 
 
@@ -332,7 +325,6 @@ def meta_train(
     progress: bool = True,
     desc: str = "meta-train",
     leave: bool = True,
-    prefetch: bool = False,
 ) -> LoopResult:
     """Meta-train ``model`` from step ``start`` to ``steps`` (the outer loop of Algorithm 1).
 
@@ -344,22 +336,9 @@ def meta_train(
     last completed step before the exception propagates. ``on_validation(step, {"val_accuracy",
     "history", "model"})`` is for live plots; ``on_log(step, record)`` sees every logged record
     of ``history["train"]``; ``log`` gets one line per skipped update (None: quiet);
-    ``desc``/``leave`` style the progress bar. With ``prefetch``, the next step's batch is
-    sampled on the fast path's helper thread (:func:`fast._helper`: a CPU with 2+ cores)
-    during this step's backward pass; ``batches`` must then be a function of the step alone
-    (as a sampler seeded by the step is), so the batches, and the run, are unchanged.
+    ``desc``/``leave`` style the progress bar.
     """
     history = history if history is not None else new_history()
-    helper = fast._helper(next(model.parameters()).device) if prefetch else None
-    ahead: dict[int, Future] = {}  # step -> its batch, being sampled on the helper thread
-
-    def batch_of(step: int) -> Any:
-        return ahead.pop(step).result() if step in ahead else batches(step)
-
-    def sample_next(step: int) -> None:
-        if helper is not None and step + 1 < steps:
-            ahead[step + 1] = helper.submit(batches, step + 1)
-
     validated = {h["step"] for h in history["val"]}
     window: list[dict[str, float]] = []
 
@@ -397,9 +376,9 @@ def meta_train(
                     best=f"{100 * best.val_accuracy:.1f}%" if best is not None else "",
                 )
             # --- one outer step on a fresh batch of meta-train tasks, seeded by the step
-            batch = batch_of(step)
+            batch = batches(step)
             torch.manual_seed(step_seed(seed, SeedPurpose.TORCH, step))
-            out, applied = meta_step(model, optimizer, batch, lambda step=step: sample_next(step))
+            out, applied = meta_step(model, optimizer, batch)
             done = step + 1
             if not applied:
                 history["skipped"].append({"step": step, "loss": out.loss.item()})
@@ -577,7 +556,6 @@ def train(
             on_validation=callback,
             log=log,
             progress=progress,
-            prefetch=True,  # the sampler is seeded by the step
         )
         best.restore(model)
         test_result = None

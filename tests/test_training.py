@@ -1,7 +1,6 @@
 """Meta-training: clipping, NaN guard, checkpoints, determinism, exact resume, evaluation."""
 
 import math
-import threading
 
 import numpy as np
 import pytest
@@ -197,47 +196,3 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
         atomic_write(target, failing, mode="w")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.json"]  # no temporary left behind
-
-
-@pytest.mark.parametrize("cores", [1, 2])
-def test_prefetching_the_next_batch_changes_nothing(bank, cores, monkeypatch):
-    """meta_train(prefetch=True) samples step s+1's batch on the helper thread (2+ cores) during
-    step s's backward pass; the batches, the losses and the trained parameters are those of
-    sampling each batch in place, bit for bit. On one core it samples in place."""
-    from leo_tutorial import fast
-    from leo_tutorial.training import make_optimizer, meta_train, new_history
-
-    monkeypatch.setattr(fast, "_CORES", cores)
-    sampler = EpisodeSampler(bank.split("train"), 5, 2, 5)
-
-    def trained(prefetch: bool) -> tuple[list, dict, set]:
-        threads = set()
-
-        def batches(step: int):
-            threads.add(threading.current_thread().name)
-            return sampler.sample(6, [3, step])
-
-        torch.manual_seed(0)
-        model = LEO(MODEL, embedding_dim=32).train()
-        history = new_history()
-        meta_train(
-            model,
-            make_optimizer(model),
-            batches,
-            steps=12,
-            seed=5,
-            history=history,
-            log_every=1,
-            progress=False,
-            prefetch=prefetch,
-        )
-        return [p.detach().clone() for p in model.parameters()], history, threads
-
-    plain, plain_history, plain_threads = trained(False)
-    ahead, ahead_history, ahead_threads = trained(True)
-    assert plain_threads == {"MainThread"}
-    helper = {name for name in ahead_threads if name.startswith("leo-draws")}
-    assert bool(helper) == (cores >= 2)  # step 0 in place, the rest on the helper thread
-    assert ahead_history == plain_history
-    for a, b in zip(ahead, plain, strict=True):
-        assert torch.equal(a, b)
