@@ -20,6 +20,11 @@ anyone can check why they were left out:
    time (Inductor's cache goes to a fresh temporary folder) and the largest relative
    difference of the meta-gradients from the eager step's (float32). Skipped with
    ``--no-compile`` or when no C++ compiler is found.
+5. **Sampling the next batch ahead** on the helper thread during the step's backward pass
+   (the episodes are seeded by the step, so nothing changes but the timing), against sampling
+   it in place before the step, stepping through distinct pre-sampled batches (no sampling,
+   fresh memory every step) and cycling 10 batches (what ``bench_meta_training``'s ``fast``
+   row does: they stay in the caches).
 
     python benchmarks/bench_alternatives.py               # about 2-3 minutes idle
     python benchmarks/bench_alternatives.py --no-compile  # sections 1-3 only, under a minute
@@ -44,7 +49,7 @@ import torch  # noqa: E402 (after the cache folder is chosen)
 
 from leo_tutorial import LEO, LEOConfig, fast  # noqa: E402
 from leo_tutorial.data import EpisodeSampler, make_synthetic_bank  # noqa: E402
-from leo_tutorial.training import make_optimizer, meta_step  # noqa: E402
+from leo_tutorial.training import apply_meta_gradient, make_optimizer, meta_step  # noqa: E402
 
 N_WAY, N_QUERY, BATCH = 5, 15, 12
 
@@ -223,6 +228,45 @@ def compiled(data: list, rounds: int) -> tuple[float, float, float]:
     return ms, seconds, difference
 
 
+def sampling_ahead(bank, k_shot: int, steps: int = 150) -> dict[str, float]:
+    """ms per meta-step (helper thread on) with the batches cycled, distinct, sampled in place
+    and sampled ahead; each over ``steps`` steps."""
+    sampler = EpisodeSampler(bank.split("train"), N_WAY, k_shot, N_QUERY)
+    cycled = [sampler.sample(BATCH, [0, i]) for i in range(10)]
+    distinct = [sampler.sample(BATCH, [1, i]) for i in range(steps)]
+    model, optimizer = fresh_model()
+    helper = fast._helper(torch.device("cpu"))
+    ahead: list = []
+
+    def in_place(i: int) -> None:
+        meta_step(model, optimizer, sampler.sample(BATCH, [2, i]))
+
+    def sampled_ahead(i: int) -> None:
+        batch = ahead.pop().result() if ahead else sampler.sample(BATCH, [3, i])
+        out = model(batch)
+        if helper is not None:  # the next batch, while this step's backward runs
+            ahead.append(helper.submit(sampler.sample, BATCH, [3, i + 1]))
+        apply_meta_gradient(model, optimizer, out.loss)
+
+    rows = {
+        "10 batches cycled": lambda i: meta_step(model, optimizer, cycled[i % 10]),
+        "distinct batches": lambda i: meta_step(model, optimizer, distinct[i]),
+        "sampled in place": in_place,
+        "sampled ahead": sampled_ahead,
+    }
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(2):  # interleaved rounds
+        for name, step in rows.items():
+            for i in range(3):
+                step(i)  # warm-up
+            ahead.clear()
+            start = time.perf_counter()
+            for i in range(steps):
+                step(i)
+            times[name].append(1e3 * (time.perf_counter() - start) / steps)
+    return {name: min(ms) for name, ms in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of 10 steps")
@@ -289,6 +333,11 @@ def main() -> None:
                 f"meta-gradients differ by {difference:.1e} (relative)",
                 flush=True,
             )
+
+    print("\n== 5. episode sampling: the next batch sampled ahead on the helper thread")
+    for k in (1, 5):
+        ms = sampling_ahead(bank, k)
+        print(f"{k}-shot  " + ", ".join(f"{name} {value:.1f} ms" for name, value in ms.items()))
     shutil.rmtree(CACHE, ignore_errors=True)
 
 

@@ -645,11 +645,7 @@ def _forward(model: LEO, x: Tensor, y: Tensor, qx: Tensor, qy: Tensor) -> LEOOut
     l2, orthogonality = _ready(penalties)[:2]
     if torch.is_grad_enabled():
         l2, orthogonality = _Regularisers.apply(penalties, *model.weights())
-    loss = (
-        (query_loss + c.kl_weight * kl + c.encoder_penalty_weight * penalty).mean()
-        + c.l2_penalty_weight * l2
-        + c.orthogonality_penalty_weight * orthogonality
-    )
+    loss = model.meta_objective(query_loss, kl, penalty, l2, orthogonality)
     query_logits = tape.query.logits.view(b, n, v, n)
     return LEOOutput(
         loss=loss,

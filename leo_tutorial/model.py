@@ -404,12 +404,22 @@ class LEO(nn.Module):
         """(sum ||w||^2 / 2 over the weights, orthogonality of the decoder rows): unweighted."""
         return losses.l2_penalty(self.weights()), losses.orthogonality_penalty(self.g_d.weight.T)
 
+    def meta_objective(
+        self, query_loss: Tensor, kl: Tensor, penalty: Tensor, l2: Tensor, orthogonality: Tensor
+    ) -> Tensor:
+        """The meta-loss (eq. 6, 7): the mean over tasks of L^val + beta KL + gamma penalty
+        (each [B]), plus lambda_1 L2 + lambda_2 orthogonality (scalars)."""
+        c = self.config
+        task = query_loss + c.kl_weight * kl + c.encoder_penalty_weight * penalty  # [B]
+        return (
+            task.mean() + c.l2_penalty_weight * l2 + c.orthogonality_penalty_weight * orthogonality
+        )
+
     def forward(self, batch) -> LEOOutput:  # noqa: ANN001 (any object with the four fields)
         """Adapt to every task of ``batch`` and score its query set (meta-objective, eq. 6).
 
         ``batch`` has support_x [B,N,K,D], support_y [B,N,K], query_x [B,N,V,D], query_y [B,N,V]
-        (a :class:`leo_tutorial.data.TaskBatch`). The meta-loss is the mean over tasks of
-        L^val + beta KL + gamma penalty, plus lambda_1 L2 + lambda_2 orthogonality (eq. 7).
+        (a :class:`leo_tutorial.data.TaskBatch`); the meta-loss is :meth:`meta_objective`.
         """
         x, y, qx, qy = batch.support_x, batch.support_y, batch.query_x, batch.query_y
         self.check_inputs(x, qx)
@@ -423,14 +433,9 @@ class LEO(nn.Module):
         query_logits = self.predict(qx, state.W)  # [B,N,V,N]
         query_loss = self.loss_fn(query_logits, qy).flatten(1).mean(1)  # [B]
         l2, orthogonality = self.regularisers()
-        c, penalty = self.config, latent.encoder_penalty
-        loss = (
-            (query_loss + c.kl_weight * kl + c.encoder_penalty_weight * penalty).mean()
-            + c.l2_penalty_weight * l2
-            + c.orthogonality_penalty_weight * orthogonality
-        )
+        penalty = latent.encoder_penalty
         out = LEOOutput(
-            loss=loss,
+            loss=self.meta_objective(query_loss, kl, penalty, l2, orthogonality),
             query_loss=query_loss,
             query_accuracy=losses.accuracy(query_logits, qy),
             kl=kl,

@@ -246,6 +246,30 @@ def test_overriding_the_loss_changes_the_inner_gradients_in_the_reference():
     torch.testing.assert_close(steps[Doubled], 2 * steps[LEO])  # twice the loss, twice the step
 
 
+def test_an_overridden_meta_objective_is_used_by_both_paths():
+    """meta_objective is not a step: both paths call it, so overriding it keeps the fast path
+    and gives both paths the new loss and its gradients."""
+
+    class QueryOnly(LEO):
+        def meta_objective(self, query_loss, kl, penalty, l2, orthogonality):
+            return query_loss.mean()
+
+    batch = random_batch(b=3, n=5, k=2, v=3, d=16, seed=1)
+    results = {}
+    for reference in (False, True):
+        torch.manual_seed(0)
+        config = BASE.replace(reference=reference)
+        model = QueryOnly(config, embedding_dim=16, n_way=5, dtype=torch.float64).train()
+        assert fast.applies(model) is not reference
+        torch.manual_seed(123)
+        out = model(batch)
+        assert torch.equal(out.loss, out.query_loss.mean())  # not the full eq. 6-7 loss
+        assert out.kl.abs().sum() > 0 and out.l2 > 0  # which would differ from it
+        results[reference] = out.loss, torch.autograd.grad(out.loss, model.g_d.weight)[0]
+    assert_same(results[False][0], results[True][0], "loss")
+    assert_same(results[False][1], results[True][1], "g_d gradient")
+
+
 # ------------------------------------------------------------------------------- noise
 def test_dropout_masks_are_zero_or_the_inverse_keep_rate_and_unbiased():
     torch.manual_seed(0)
