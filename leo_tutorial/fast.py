@@ -208,6 +208,40 @@ def _draw(
     return masks, query_mask, eps if model.sampling else None
 
 
+def _problem(
+    model: LEO,
+    x: Tensor,
+    y: Tensor,
+    qx: Tensor | None,
+    qy: Tensor | None,
+    draws: tuple[list, Tensor | Future | None, list | None],
+    backward: bool,
+) -> _Problem:
+    """The loops' problem for support x [B,N,K,D], labels y [B,N,K], queries qx [B,N,V,D] and
+    qy [B,N,V] (None: adaptation only) and the ``draws`` of :func:`_draw`."""
+    c, (b, n, k, d) = model.config, x.shape
+    masks, query_mask, eps = draws
+    sy = y.reshape(b, n * k)
+    sq = None if qy is None else qy.reshape(b, -1)
+    return _Problem(
+        x=x.reshape(b, n * k, d),
+        y=sy,
+        onehot=F.one_hot(sy, n).to(x.dtype),
+        qx=None if qx is None else qx.reshape(b, -1, d),
+        qy=sq,
+        q_onehot=None if sq is None else F.one_hot(sq, n).to(x.dtype),
+        masks=masks,
+        query_mask=query_mask,
+        eps=eps,
+        k_shot=k,
+        floor_shift=1.0 - model.decoder_stddev_offset,
+        inner_steps=c.inner_unroll_length,
+        finetuning_steps=c.finetuning_unroll_length,
+        second_order=not c.first_order,  # read only by a backward pass
+        backward=backward,
+    )
+
+
 def _ready(draw: Tensor | Future | None) -> Tensor | None:
     """The tensor of a draw from :func:`_draw`, waiting for the helper thread if need be."""
     return draw.result() if isinstance(draw, Future) else draw
@@ -599,7 +633,6 @@ def _encode(
 
 
 def _forward(model: LEO, x: Tensor, y: Tensor, qx: Tensor, qy: Tensor) -> LEOOutput:
-    c = model.config
     b, n, k, d = x.shape
     v = qx.shape[2]
     # 0. the step's random draws in the reference's order: the encoder's now, the loops' on a
@@ -613,24 +646,7 @@ def _forward(model: LEO, x: Tensor, y: Tensor, qx: Tensor, qy: Tensor) -> LEOOut
     # 1. z ~ q(z | D^tr) (eq. 3)
     z0, kl, codes = _encode(model, x, *encoder_draws)
     # 2. the latent update (§2.3.2), fine-tuning and the query loss
-    sy, sq = y.reshape(b, n * k), qy.reshape(b, n * v)
-    pb = _Problem(
-        x=x.reshape(b, n * k, d),
-        y=sy,
-        onehot=F.one_hot(sy, n).to(x.dtype),
-        qx=qx.reshape(b, n * v, d),
-        qy=sq,
-        q_onehot=F.one_hot(sq, n).to(x.dtype),
-        masks=masks,
-        query_mask=query_mask,
-        eps=eps,
-        k_shot=k,
-        floor_shift=1.0 - model.decoder_stddev_offset,
-        inner_steps=c.inner_unroll_length,
-        finetuning_steps=c.finetuning_unroll_length,
-        second_order=not c.first_order,
-        backward=torch.is_grad_enabled(),
-    )
+    pb = _problem(model, x, y, qx, qy, (masks, query_mask, eps), torch.is_grad_enabled())
     params = (z0, model.g_d.weight, model.inner_lr, model.finetune_lr)
     if torch.is_grad_enabled():
         query_loss, *adapted = _InnerLoops.apply(*params, pb)  # adapted: z_1..z_T, in the graph
@@ -738,27 +754,8 @@ def evaluate_tasks(
 def adapt(model: LEO, x: Tensor, y: Tensor) -> Tensor:
     """The class-mean classifier weights [B,N,D] after both inner loops, for support x
     [B,N,K,D] and labels y [B,N,K] (no queries; no gradients)."""
-    b, n, k, d = x.shape
     z0, _, _ = _encode(model, x, *_encoder_draws(model, x))
-    masks, _, eps = _draw(model, x, x[:, :, :0])
-    sy = y.reshape(b, n * k)
-    pb = _Problem(
-        x=x.reshape(b, n * k, d),
-        y=sy,
-        onehot=F.one_hot(sy, n).to(x.dtype),
-        qx=None,
-        qy=None,
-        q_onehot=None,
-        masks=masks,
-        query_mask=None,
-        eps=eps,
-        k_shot=k,
-        floor_shift=1.0 - model.decoder_stddev_offset,
-        inner_steps=model.config.inner_unroll_length,
-        finetuning_steps=model.config.finetuning_unroll_length,
-        second_order=False,
-        backward=False,
-    )
+    pb = _problem(model, x, y, None, None, _draw(model, x, x[:, :, :0]), backward=False)
     return _loops(z0, model.g_d.weight, model.inner_lr, model.finetune_lr, pb).query.W
 
 
